@@ -1,0 +1,111 @@
+/*
+ * core/config.h - the one configuration file of shop-trace (INI, read with
+ * Debian's libinih) and its environment overrides.
+ *
+ * Every key the system knows is declared once, in CONFIG_KEY_MAP below, with
+ * its type, default, allowed range and the environment variable that
+ * overrides it.  The same table validates files, answers lookups, and prints
+ * docs/CONFIG.md (`shop-config doc`), so the docs cannot drift from the code.
+ *
+ * Precedence: built-in default < file < environment.  SHOP_CONFIG names the
+ * file when the caller passes none; otherwise ./shop.conf if present.
+ *
+ * Errors name the file, line, key, value and reason, for example
+ *   shop.conf:7: [ring] lane_size = 1000: must be a power of two between 65536 and 268435456
+ * and for the environment
+ *   environment SHOP_RING_LANES=0: [ring] lanes must be between 1 and 1024
+ */
+#ifndef SHOP_CORE_CONFIG_H
+#define SHOP_CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+/* Types of values. */
+typedef enum {
+    CONFIG_T_STR,   /* free text, at most `max` bytes */
+    CONFIG_T_INT,   /* decimal integer in [min, max] */
+    CONFIG_T_SIZE,  /* bytes with optional K/M/G suffix (1024-based), in [min, max] */
+    CONFIG_T_POW2,  /* like SIZE, and a power of two */
+    CONFIG_T_RATIO, /* decimal fraction in [0, 1] */
+    CONFIG_T_BOOL,  /* true/false, yes/no, on/off, 1/0 */
+    CONFIG_T_ENUM,  /* one of the '|'-separated words in `choices` */
+} config_type_t;
+
+/*
+ * X(id, section, key, type, default, min, max, choices, env, help)
+ * `env` is the overriding environment variable ("" = SHOP_<SECTION>_<KEY>).
+ */
+#define CONFIG_KEY_MAP(X)                                                                     \
+    X(RING_NAME, "ring", "name", CONFIG_T_STR, "/shop-trace", 2, 255, NULL, "",               \
+      "POSIX shared-memory name of the span ring (starts with '/', no other '/')")            \
+    X(RING_LANES, "ring", "lanes", CONFIG_T_INT, "64", 1, 1024, NULL, "",                     \
+      "number of single-producer lanes; each producing thread holds one")                     \
+    X(RING_LANE_SIZE, "ring", "lane_size", CONFIG_T_POW2, "1M", 65536, 268435456, NULL, "",   \
+      "bytes of span records each lane holds (power of two); ring = lanes x lane_size")       \
+    X(RING_MAX_RECORD, "ring", "max_record", CONFIG_T_SIZE, "16K", 256, 1048576, NULL, "",    \
+      "largest span record in bytes (<= lane_size/4); larger spans are truncated, counted")   \
+    X(TRACING_SAMPLER, "tracing", "sampler", CONFIG_T_ENUM, "parentbased_always_on", 0, 0,    \
+      "always_on|always_off|traceidratio|parentbased_always_on|parentbased_always_off|"      \
+      "parentbased_traceidratio", "OTEL_TRACES_SAMPLER",                                     \
+      "head sampler, with the OpenTelemetry names")                                          \
+    X(TRACING_SAMPLER_ARG, "tracing", "sampler_arg", CONFIG_T_RATIO, "1.0", 0, 0, NULL,       \
+      "OTEL_TRACES_SAMPLER_ARG", "sampling ratio for the *traceidratio samplers")            \
+    X(TRACING_ENVIRONMENT, "tracing", "deployment_environment", CONFIG_T_STR, "dev", 0, 255,  \
+      NULL, "", "resource attribute deployment.environment.name")                            \
+    X(TRACING_ATTR_COUNT, "tracing", "attribute_count_limit", CONFIG_T_INT, "128", 0, 4096,   \
+      NULL, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "attributes kept per span (more are counted dropped)") \
+    X(TRACING_ATTR_VALUE_LEN, "tracing", "attribute_value_length_limit", CONFIG_T_INT, "0",   \
+      0, 1048576, NULL, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",                            \
+      "longest string attribute value kept, in bytes (0 = no limit but the record's)")       \
+    X(TRACING_EVENT_COUNT, "tracing", "event_count_limit", CONFIG_T_INT, "128", 0, 4096,      \
+      NULL, "OTEL_SPAN_EVENT_COUNT_LIMIT", "events kept per span")                           \
+    X(TRACING_LINK_COUNT, "tracing", "link_count_limit", CONFIG_T_INT, "128", 0, 4096,        \
+      NULL, "OTEL_SPAN_LINK_COUNT_LIMIT", "links kept per span")
+
+typedef enum {
+#define CONFIG__ENUM(id, ...) CONFIG_##id,
+    CONFIG_KEY_MAP(CONFIG__ENUM)
+#undef CONFIG__ENUM
+    CONFIG__COUNT
+} config_id_t;
+
+typedef struct st_config_t config_t;
+
+/* Loads `path` (NULL: $SHOP_CONFIG, else ./shop.conf if it exists, else
+ * defaults only), then applies environment overrides, then checks keys that
+ * depend on each other (ring geometry).  Unknown sections and keys are
+ * errors.  Returns 0 and *out (free with config_free), or -EINVAL (bad
+ * value; message in err), -ENOENT/-EACCES (file), -ENOMEM. */
+int config_load(const char *path, config_t **out, char *err, size_t errlen);
+void config_free(config_t *c);
+
+/* Effective values; the type must match the key's (checked by assert). */
+const char *config_str(const config_t *c, config_id_t id);
+int64_t config_int(const config_t *c, config_id_t id); /* INT, SIZE, POW2 */
+double config_ratio(const config_t *c, config_id_t id);
+bool config_bool(const config_t *c, config_id_t id);
+
+/* Any value as text, as written (or its default). */
+const char *config_text(const config_t *c, config_id_t id);
+
+/* Where a value came from: "default", "FILE:LINE" or "environment NAME". */
+const char *config_origin(const config_t *c, config_id_t id);
+/* The file that was read, or NULL for defaults only. */
+const char *config_path(const config_t *c);
+
+/* Finds a key by "section.key"; returns -1 if unknown. */
+int config_lookup(const char *dotted);
+/* Name parts of a key id. */
+const char *config_section(config_id_t id);
+const char *config_key(config_id_t id);
+
+/* Writes the effective configuration, one "section.key = value  (origin)"
+ * per line, for the start-up log. */
+void config_dump(const config_t *c, void (*line)(void *u, const char *s), void *u);
+
+/* Writes docs/CONFIG.md's key table (markdown) to `out`. */
+void config_write_doc(void *file);
+
+#endif
