@@ -52,6 +52,13 @@ extern "C" {
 #define RING_RECORD_MIN 256u                        /* max_record lower bound */
 #define RING_RECORD_MAX (1024u * 1024u)             /* max_record upper bound */
 #define RING_LANE_META_MAX 1024u /* bytes of producer metadata per lane */
+/* Added by the ring implementation: every record starts with a 16-byte
+ * header (payload length, type, per-lane seq) and occupies a multiple of 16
+ * bytes, so the largest payload is max_record - RING_RECORD_HEADER. */
+#define RING_RECORD_HEADER 16u
+/* Added: most records one consumer keeps peeked and unreleased at a time;
+ * ring_consumer_peek returns fewer when that many are outstanding. */
+#define RING_CONSUMER_INFLIGHT_MAX 65536u
 
 /*
  * Drop reasons, one X-macro table for names and help strings (libuv
@@ -108,6 +115,10 @@ typedef struct st_ring_stats_t {
     uint64_t bytes_used;  /* committed bytes not yet released, all lanes */
     uint32_t producers;   /* lanes held by a live producer */
     int32_t consumer_pid; /* 0 when no consumer is attached */
+    /* Added: times the consumer found a lane's bytes or control words
+     * invalid and skipped ahead (the records lost are in dropped[CORRUPT]). */
+    uint64_t resyncs;
+    uint64_t bytes_capacity; /* lanes * lane_size, for a fill percentage */
 } ring_stats_t;
 
 /* ------------------------------------------------------------ prototypes */
@@ -164,9 +175,14 @@ void *ring_try_reserve_spsc(ring_producer_t *p, uint32_t len);
  * `truncated` counts it in the truncated counter as well. */
 void ring_commit_spsc(ring_producer_t *p, bool truncated);
 
-/* Adds n to a drop counter in the header (atomic; for rare paths such as
- * NO_LANE where the caller has no lane, and for the consumer's reasons). */
-void ring_count_drop(ring_t *r, ring_drop_reason_t reason, uint64_t n);
+/* Adds n to a producer-side drop counter in the header (atomic; for rare
+ * paths such as NO_LANE where the caller has no lane).
+ * Changed (was void, and accepted the consumer's reasons too): returns 0, or
+ * -EINVAL for CORRUPT/REJECTED/EXPIRED/SHUTDOWN or an unknown reason.  Those
+ * describe records that were in the ring, so only ring_consumer_release may
+ * count them: it moves the read position and the counter in one crash-safe
+ * step, which is what keeps written = exported + dropped + in_ring exact. */
+int ring_count_drop(ring_t *r, ring_drop_reason_t reason, uint64_t n);
 
 /* --- consumer (one per ring) --- */
 
@@ -181,15 +197,22 @@ int ring_consumer_open(ring_t *r, char *err, size_t errlen);
  * Returns the count (0 when nothing is ready). */
 int ring_consumer_peek(ring_t *r, ring_record_t *out, int max);
 
-/* Says that `n` peeked records are about to be sent (for redelivered). */
+/* Says that `n` more peeked records are about to be sent (for
+ * redelivered): the count is kept in the header and lowered by every
+ * release; a consumer that opens after one that died with a non-zero count
+ * adds it to `redelivered` (those records are peeked again and may reach
+ * the receiver twice). */
 void ring_consumer_inflight(ring_t *r, uint64_t n);
 
 /* Releases records in peek order: the first `n` peeked and not yet released
  * records leave the ring; `exported` of them are counted exported and the
  * rest dropped with `reason`.  Advances the committed positions in shared
- * memory (promise 3). */
-void ring_consumer_release(ring_t *r, uint64_t n, uint64_t exported,
-                           ring_drop_reason_t reason);
+ * memory (promise 3) together with the counters, crash-safely.
+ * Changed (was void): returns the number released (less than n when fewer
+ * were peeked), or -EINVAL when exported > n or some are dropped with a
+ * producer-side reason (FULL, NO_LANE), or -EPERM without the consumer role. */
+int ring_consumer_release(ring_t *r, uint64_t n, uint64_t exported,
+                          ring_drop_reason_t reason);
 
 /* Reclaims lanes whose owner died (torn accounting); call now and then. */
 int ring_consumer_reap(ring_t *r);
@@ -199,8 +222,22 @@ int ring_consumer_reap(ring_t *r);
 int ring_lane_meta(const ring_t *r, uint32_t lane, const void **meta,
                    int32_t *pid);
 
-/* A snapshot of all counters; any process may call it. */
+/* A snapshot of all counters; any process may call it (it takes no role
+ * and no lane).  The consumer-side values come from one consistent cut
+ * (sequence-checked), each lane's producer values are read after it, so
+ * written == exported + sum(dropped CORRUPT..SHUTDOWN) + in_ring holds
+ * exactly in every snapshot, and every value is exact at quiescence; while
+ * producers run, `written` is a value it had during the call.
+ * See docs/ARCHITECTURE.md "The span ring". */
 void ring_stats(const ring_t *r, ring_stats_t *out);
+
+#ifdef RING_TEST_HOOKS
+/* Test builds only (ipc_hooks_dep): when set, called by
+ * ring_try_reserve_spsc after the record header is written and before it
+ * returns, i.e. strictly between "begun" and the commit, so a test can stop
+ * a producer mid-write and SIGKILL it.  Absent from the normal library. */
+extern void (*ring_test_hook_mid_write)(void);
+#endif
 
 #ifdef __cplusplus
 }
