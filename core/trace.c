@@ -45,7 +45,7 @@ typedef struct st_trace_tls_t {
     uint64_t off_mono;     /* MONOTONIC when wall_off was read; 0 = never */
 } trace_tls_t;
 
-static _Thread_local trace_tls_t tls;
+static _Thread_local trace_tls_t tls __attribute__((tls_model("initial-exec"))); /* see trace_id.c */
 
 /* Process state: written by trace_init/shutdown (single-threaded by
  * contract) and the atfork child handler; read-only on the span path. */
@@ -362,6 +362,21 @@ int trace_describe(char *out, size_t cap)
 
 /* ------------------------------------------------------------------ spans */
 
+/* Non-zero checks of 16- and 8-byte ids with two loads (hot in start). */
+static inline bool tid_ok(const uint8_t *id)
+{
+    uint64_t a, b;
+    memcpy(&a, id, 8);
+    memcpy(&b, id + 8, 8);
+    return (a | b) != 0;
+}
+static inline bool sid_ok(const uint8_t *id)
+{
+    uint64_t a;
+    memcpy(&a, id, 8);
+    return a != 0;
+}
+
 static inline uint32_t room(const trace_span_t *s) { return s->_cap - s->_len; }
 
 /* A NAME / TRACESTATE / STATUS_MSG item: tag, 0, u16 len, bytes. */
@@ -378,8 +393,7 @@ static void put_str_item(trace_span_t *s, uint8_t tag, const char *p, size_t n)
 void trace_span_start(trace_span_t *s, const trace_scope_t *scope, const char *name,
                       size_t name_len, trace_kind_t kind, const trace_context_t *parent)
 {
-    bool has_parent = parent != NULL && trace_id_is_valid(parent->trace_id, TRACE_ID_SIZE) &&
-                      trace_id_is_valid(parent->span_id, TRACE_SPAN_ID_SIZE);
+    bool has_parent = parent != NULL && tid_ok(parent->trace_id) && sid_ok(parent->span_id);
     if (has_parent) {
         memcpy(s->ctx.trace_id, parent->trace_id, TRACE_ID_SIZE);
         s->ctx.tracestate = parent->tracestate;
@@ -392,7 +406,12 @@ void trace_span_start(trace_span_t *s, const trace_scope_t *scope, const char *n
     }
     trace_id_new_span(s->ctx.span_id);
     s->ctx.is_remote = false;
-    bool sampled = trace_sampler_should_sample(&g.sampler, parent, s->ctx.trace_id);
+    /* ParentBased with a parent needs no sampler call (the common case). */
+    bool sampled;
+    if (has_parent && g.sampler.kind >= TRACE_SAMPLER_PARENTBASED_ALWAYS_ON)
+        sampled = (parent->flags & TRACE_FLAG_SAMPLED) != 0;
+    else
+        sampled = trace_sampler_should_sample(&g.sampler, parent, s->ctx.trace_id);
     s->ctx.flags = (uint8_t)(sampled ? TRACE_FLAG_SAMPLED : 0);
     s->_recording = sampled;
     s->_len = 0;

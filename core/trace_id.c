@@ -24,7 +24,9 @@ typedef struct st_trace_id_rng_t {
     uint32_t gen; /* the fork generation this state was seeded in */
 } trace_id_rng_t;
 
-static _Thread_local trace_id_rng_t rng;
+/* initial-exec: core is a static library built -fPIC; the default model
+ * would make every access a __tls_get_addr call on the span path. */
+static _Thread_local trace_id_rng_t rng __attribute__((tls_model("initial-exec")));
 /* Starts at 1 so a zeroed thread-local state (gen 0) seeds on first use.
  * Written only in the atfork child handler (one thread exists then). */
 static uint32_t fork_gen = 1;
