@@ -12,7 +12,13 @@
 # to disk while we measure) with `lttng enable-event -u 'shop_bench:*'`, and
 # destroys it at the end.  Runs, interleaved, `--reps` times:
 #   bench_ring --producers P, bench_lttng --producers P   for P in 1 2 4
-# then the consumer drain benchmark (bench_ring --drain) --reps times, and
+# (750,000 timed spans per producer by default: what one 256 MiB lane, the
+# ring's largest, holds without any draining, so no span is dropped however
+# far the consumer falls behind when it shares a CPU with producers), then
+# the consumer drain benchmark (bench_ring --drain) --reps times: with
+# the product's 1 MiB lanes refilled just before each drain (the headline,
+# the exporter keeping up) and with 256 MiB lanes filled once (records come
+# from DRAM, reported as "cold"); then one --breakdown run; and
 # writes perf/results/ring.json with the median of each figure.  The LAST
 # line printed is the summary:
 #   ring p50_ns=... p99_ns=... p50_2p_ns=... lttng_p50_ns=... ratio_p50=... consumer_per_s=...
@@ -22,7 +28,7 @@ usage() { sed -n '4,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 BUILD="$(cd "$1" && pwd)"; shift
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-REPS=3 SPANS=2000000 WARMUP=100000 DRAIN_SPANS=1000000
+REPS=3 SPANS=750000 WARMUP=100000 DRAIN_SPANS=1000000
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift 2 ;;
@@ -92,7 +98,7 @@ run() { # run LABEL CMD...: one JSON line into $RUNS
     exit 1
   fi
   printf '%s\n' "$out" | tail -1 >>"$RUNS"
-  printf '%s\n' "$out" | tail -1 | python3 -c 'import json,sys; r=json.load(sys.stdin); print("[bench-ring]   %-5s %-6s P=%s  p50=%s p99=%s ns  %s/s  dropped=%s" % (r["impl"], r["mode"], r.get("producers","-"), r.get("p50_ns","-"), r.get("p99_ns","-"), int(r.get("spans_per_s", r.get("records_per_s", 0))), r.get("dropped",0)))' >&2
+  printf '%s\n' "$out" | tail -1 | python3 -c 'import json,sys; r=json.load(sys.stdin); print("[bench-ring]   %-5s %-6s P=%s  p50=%s p99=%s ns  %s/s  dropped=%s" % (r["impl"], r["mode"], r.get("producers","-"), r.get("p50_ns","-"), r.get("p99_ns","-"), int(r.get("spans_per_s", r.get("records_per_s", 0))), r.get("dropped", r.get("dropped_on_fill", 0))))' >&2
 }
 : >"$WORK/stderr.log"
 for rep in $(seq "$REPS"); do
@@ -100,8 +106,12 @@ for rep in $(seq "$REPS"); do
     run "ours P=$p" "$OURS" --producers "$p" --spans "$SPANS" --warmup "$WARMUP" --tsc-hz "$TSC_HZ"
     run "lttng P=$p" "$LTTNG_BENCH" --producers "$p" --spans "$SPANS" --warmup "$WARMUP" --tsc-hz "$TSC_HZ"
   done
-  run "drain" "$OURS" --drain --spans "$DRAIN_SPANS" --tsc-hz "$TSC_HZ"
+  run "drain" "$OURS" --drain --spans "$DRAIN_SPANS"
+  run "drain (cold)" "$OURS" --drain --spans "$DRAIN_SPANS" --lanes 4 --lane-size 268435456
 done
+# Where a span's time goes, step by step (for the ring and core owners).
+"$OURS" --breakdown --spans 300000 --tsc-hz "$TSC_HZ" >"$WORK/breakdown.json" 2>>"$WORK/stderr.log" \
+  || { tail -5 "$WORK/stderr.log" >&2; exit 1; }
 
 # Proof that LTTng really recorded the payload: snapshot the buffers, count
 # what they still hold (overwrite mode keeps the newest sub-buffers).
@@ -119,7 +129,7 @@ export NPROC="$(nproc)" CPU_MODEL KERNEL="$(uname -sr)" DATE="$(date -u +%Y-%m-%
   REPS SPANS WARMUP DRAIN_SPANS TSC_HZ SNAP_EVENTS SNAP_SAMPLE \
   LTTNG_VERSION="$(pkg-config --modversion lttng-ust 2>/dev/null || echo unknown)" \
   CLOCKSOURCE="$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)"
-python3 - "$RUNS" "$RESULTS/ring.json" <<'EOF'
+python3 - "$RUNS" "$RESULTS/ring.json" "$WORK/breakdown.json" <<'EOF'
 import json, os, statistics, sys
 
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -138,7 +148,9 @@ for impl in ("ours", "lttng"):
         configs.append({"impl": impl, "producers": p,
                         "median": {k: med(rs, k) for k in keys if med(rs, k) is not None},
                         "runs": rs})
-drain = [r for r in runs if r["mode"] == "drain"]
+drain = [r for r in runs if r["mode"] == "drain" and r["lane_size"] <= 1 << 20]
+drain_cold = [r for r in runs if r["mode"] == "drain" and r["lane_size"] > 1 << 20]
+breakdown = json.load(open(sys.argv[3]))
 def cfg(impl, p):
     return next(c["median"] for c in configs if c["impl"] == impl and c["producers"] == p)
 
@@ -174,8 +186,14 @@ out = {
               "snapshot_events_found": int(e["SNAP_EVENTS"]), "snapshot_sample": e["SNAP_SAMPLE"]},
     "targets": targets,
     "configs": configs,
-    "consumer": {"median": {k: med(drain, k) for k in ("records_per_s", "ns_per_record", "records", "invalid")},
+    "consumer": {"what": "peek 64, span_record_decode + walk every item, hand on to a 512-slot batch, release; pinned to CPU 0; "
+                         "4 lanes of 1 MiB (the product default lane size) refilled by 4 producer processes before each timed drain",
+                 "median": {k: med(drain, k) for k in ("records_per_s", "ns_per_record", "records", "invalid")},
                  "runs": drain},
+    "consumer_cold": {"what": "same, 4 lanes of 256 MiB filled once: every record is read from DRAM",
+                      "median": {k: med(drain_cold, k) for k in ("records_per_s", "ns_per_record", "records", "invalid")},
+                      "runs": drain_cold},
+    "breakdown": breakdown,
 }
 with open(sys.argv[2], "w") as f:
     json.dump(out, f, indent=1)

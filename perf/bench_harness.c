@@ -4,7 +4,7 @@
  *
  * Options (every bench program):
  *   --producers N    producer processes (default 1)
- *   --spans M        timed spans per producer (default 2000000)
+ *   --spans M        timed spans per producer (default 750000)
  *   --warmup W       untimed spans per producer first (default 100000)
  *   --tsc-hz HZ      skip calibration, use this TSC rate
  *   --ncpu C         pin producer k to CPU k % C (default: online CPUs)
@@ -465,7 +465,7 @@ int bench_main(int argc, char **argv, const bench_ops_t *ops)
     bench_ctl_t opt;
     memset(&opt, 0, sizeof(opt));
     opt.producers = 1;
-    opt.spans = 2000000;
+    opt.spans = 750000;
     opt.warmup = 100000;
     long on = sysconf(_SC_NPROCESSORS_ONLN);
     opt.ncpu = on > 0 ? (uint32_t)on : 1;
