@@ -310,11 +310,11 @@ static uint64_t ring__hdr_size(uint32_t lanes)
 
 static void ring__bind(ring_t *r)
 {
-    r->hdr = (ring__hdr_t *)r->base;
-    r->jlane = (uint32_t *)(r->base + sizeof(ring__hdr_t));
+    r->hdr = (ring__hdr_t *)(void *)r->base; /* mmap: page aligned */
+    r->jlane = (uint32_t *)(void *)(r->base + sizeof(ring__hdr_t));
     uint64_t off = sizeof(ring__hdr_t) + (uint64_t)r->geo.lanes * sizeof(uint32_t);
     off = (off + RING_CACHELINE - 1) & ~(uint64_t)(RING_CACHELINE - 1);
-    r->lane = (ring__lane_t *)(r->base + off);
+    r->lane = (ring__lane_t *)(void *)(r->base + off); /* cacheline aligned */
     r->data = r->base + ring__hdr_size(r->geo.lanes);
     r->lane_mask = r->geo.lane_size - 1;
 }
