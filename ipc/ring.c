@@ -974,11 +974,21 @@ static int ring__peek_lane(ring_t *r, uint32_t i, ring_record_t *out, int max)
         return 0;
     if (avail > lane_size || nrec > lane_size / 16u || (avail & 15u) != 0 ||
         (c->word & 15u) != 0) {
-        /* the tail word itself is nonsense (shm corrupted): nothing in this
-         * lane can be located.  Skip the lane this round; it is counted
-         * once per distinct tail value seen. */
-        if (c->bad_tail != tw) {
+        /* the head or tail word is nonsense (shm corrupted): nothing in
+         * this lane can be located or counted.  Jump the read position to
+         * the tail word (the records in between cannot be counted, so they
+         * leave `written` too); if the tail was the garbage one, the
+         * producer's next commit stores a real tail and the next visit
+         * resynchronises onto it.  Counted in resyncs. */
+        if (c->bad_tail != tw && r->fifo_len < r->fifo_cap) {
             c->bad_tail = tw;
+            ring__peeked_t *e = &r->fifo[(r->fifo_head + r->fifo_len) % r->fifo_cap];
+            e->lane = i;
+            e->word = tw;
+            e->skip = 1; /* no countable records */
+            r->fifo_len++;
+            c->word = tw;
+            c->last_seq = 0;
             ring__cstate_t s;
             ring__cons_load(r, &s);
             s.resyncs++;
