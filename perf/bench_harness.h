@@ -34,7 +34,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "config.h"
+#include "buildconf.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
