@@ -460,9 +460,12 @@ static void test_tool(void)
     rt_name(name, sizeof name, "tool");
     ring_unlink(name);
     snprintf(cmd, sizeof cmd, "%s create --name %s --lanes 2 --lane-size 65536 --max-record 512 >/dev/null", tool, name);
-    tap_check(system(cmd) == 0, "shop-ring create");
+    if (!tap_check(system(cmd) == 0, "shop-ring create"))
+        return;
     ring_t *r;
-    ring_open(name, NULL, false, &r, err, sizeof err);
+    if (!tap_check(ring_open(name, NULL, false, &r, err, sizeof err) == 0,
+                   "the ring shop-ring created attaches"))
+        return;
     ring_producer_t *p;
     ring_producer_acquire(r, NULL, 0, &p);
     for (int i = 0; i < 5; i++) {
