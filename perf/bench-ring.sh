@@ -3,6 +3,7 @@
 # ipc span ring against LTTng-UST with the same payload (./shop bench ring).
 #
 #   perf/bench-ring.sh <build-dir> [--reps N] [--spans M] [--warmup W] [--quick]
+#   (--quick: 1 rep of 200,000 spans, written to perf/results/ring-quick.json)
 #   e.g.  ./shop bench ring          (builds var/build/main first)
 #         perf/bench-ring.sh var/build/main --quick
 #
@@ -24,17 +25,17 @@
 #   ring p50_ns=... p99_ns=... p50_2p_ns=... lttng_p50_ns=... ratio_p50=... consumer_per_s=...
 set -euo pipefail
 
-usage() { sed -n '4,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 BUILD="$(cd "$1" && pwd)"; shift
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-REPS=3 SPANS=750000 WARMUP=100000 DRAIN_SPANS=1000000
+REPS=3 SPANS=750000 WARMUP=100000 DRAIN_SPANS=1000000 OUT=ring.json
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift 2 ;;
     --spans) SPANS="$2"; shift 2 ;;
     --warmup) WARMUP="$2"; shift 2 ;;
-    --quick) REPS=1 SPANS=200000 WARMUP=20000 DRAIN_SPANS=200000; shift ;;
+    --quick) REPS=1 SPANS=200000 WARMUP=20000 DRAIN_SPANS=200000 OUT=ring-quick.json; shift ;;
     -h|--help) usage ;;
     *) echo "bench-ring: unknown argument '$1'" >&2; usage ;;
   esac
@@ -129,7 +130,7 @@ export NPROC="$(nproc)" CPU_MODEL KERNEL="$(uname -sr)" DATE="$(date -u +%Y-%m-%
   REPS SPANS WARMUP DRAIN_SPANS TSC_HZ SNAP_EVENTS SNAP_SAMPLE \
   LTTNG_VERSION="$(pkg-config --modversion lttng-ust 2>/dev/null || echo unknown)" \
   CLOCKSOURCE="$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)"
-python3 - "$RUNS" "$RESULTS/ring.json" "$WORK/breakdown.json" <<'EOF'
+python3 - "$RUNS" "$RESULTS/$OUT" "$WORK/breakdown.json" <<'EOF'
 import json, os, statistics, sys
 
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
