@@ -303,11 +303,12 @@ static int config__check_ring(config_t *c, char *err, size_t errlen)
         return -EINVAL;
     }
     if (ring_geometry_check(&g, why, sizeof why) != 0) {
-        /* Point at the key the ring names, else at max_record. */
+        /* ring_geometry_check's message starts with the key it blames; point
+         * at that key's line. */
         config_id_t at = CONFIG_RING_MAX_RECORD;
-        if (strstr(why, "ring.lanes"))
+        if (!strncmp(why, "ring.lanes=", 11))
             at = CONFIG_RING_LANES;
-        else if (strstr(why, "ring.lane_size"))
+        else if (!strncmp(why, "ring.lane_size=", 15))
             at = CONFIG_RING_LANE_SIZE;
         config__err(err, errlen, "%s: %s", c->v[at].origin, why);
         return -EINVAL;

@@ -82,8 +82,10 @@ def run_meson_suite(build, label, suite, env_extra):
             rec = json.loads(line)
             name = rec['name']
             result = rec['result']
-            out = (rec.get('stdo') or '') + '\n' + (rec.get('stde') or '')
-            t = count_tap(rec.get('stdo') or '')
+            # meson's JSON log keys: 'stdout'/'stderr' (older releases: 'stdo'/'stde')
+            stdout = rec.get('stdout', rec.get('stdo')) or ''
+            out = stdout + '\n' + (rec.get('stderr', rec.get('stde')) or '')
+            t = count_tap(stdout)
             if result in ('OK', 'EXPECTEDFAIL'):
                 if t.passed + t.failed + t.skipped == 0:
                     t.passed = 1
