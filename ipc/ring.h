@@ -14,7 +14,7 @@
  * consumer visits every lane.  See docs/ARCHITECTURE.md for why this and not
  * one shared head (ck_ring MPMC) and for the exact memory-ordering argument.
  *
- * Promises (design brief), each proven by tests/ring_*:
+ * Promises (design brief), each proven by tests/ipc/test_ring_*:
  *  1. lock-free multi-producer across processes and threads; full -> drop+count
  *  2. a producer killed mid-write: record skipped, counted torn, nothing else lost
  *  3. the consumer's committed read position lives in shared memory
@@ -164,9 +164,10 @@ int ring_producer_acquire(ring_t *r, const void *meta, uint32_t meta_len,
 /* Gives the lane back; records already committed stay for the consumer. */
 void ring_producer_release(ring_producer_t *p);
 
-/* Reserves `len` payload bytes (len <= max_record - header).  Returns a
- * pointer to write the payload into, or NULL when the lane is full (counted
- * as RING_DROP_FULL) or len is too large (-> caller must truncate first).
+/* Reserves `len` payload bytes (len <= max_record - RING_RECORD_HEADER).
+ * Returns a pointer to write the payload into, or NULL when the lane is full
+ * (counted as RING_DROP_FULL), len is too large (-> caller must truncate
+ * first; not counted), or a reserve is already pending (caller bug).
  * Exactly one ring_commit_spsc() must follow a non-NULL reserve before the
  * next reserve.  Never blocks, never calls the kernel. */
 void *ring_try_reserve_spsc(ring_producer_t *p, uint32_t len);
@@ -189,7 +190,11 @@ int ring_count_drop(ring_t *r, ring_drop_reason_t reason, uint64_t n);
 /* Takes the consumer role (refuses -EBUSY if a live process holds it) and
  * starts reading at the committed read positions in the header.  A previous
  * consumer's in-flight records become `redelivered`.  Reclaims lanes of dead
- * producers, counting their unfinished write as torn. */
+ * producers, counting their unfinished write as torn.  Finishes a commit a
+ * killed consumer left half applied (see ring.c, ring__cons_commit).
+ * Returns 0, -EBUSY (message names the holder), -ENOMEM.  The consumer's
+ * FIFO (RING_CONSUMER_INFLIGHT_MAX entries) is allocated here and freed by
+ * ring_close(), which also gives the role back. */
 int ring_consumer_open(ring_t *r, char *err, size_t errlen);
 
 /* Hands out up to `max` committed records past the read cursor without
@@ -214,7 +219,10 @@ void ring_consumer_inflight(ring_t *r, uint64_t n);
 int ring_consumer_release(ring_t *r, uint64_t n, uint64_t exported,
                           ring_drop_reason_t reason);
 
-/* Reclaims lanes whose owner died (torn accounting); call now and then. */
+/* Reclaims lanes whose owner died (torn accounting); call now and then
+ * (the exporter: once a second).  Liveness: kill(pid, 0), tgkill(pid, tid,
+ * 0) and the process start time recorded at claim (guards pid reuse).
+ * Returns the number of lanes reclaimed.  Consumer only. */
 int ring_consumer_reap(ring_t *r);
 
 /* Producer metadata of a lane (what ring_producer_acquire stored) and its
