@@ -632,6 +632,10 @@ void ring_producer_release(ring_producer_t *p)
     if (p == NULL)
         return;
     ring__lane_t *l = p->lane;
+    if (ck_pr_load_64(&l->owner) != p->owner) {
+        free(p); /* reaped as dead (thread gone): the lane is not ours */
+        return;
+    }
     /* a reserve without commit is a torn write of our own making */
     uint64_t committed = (p->cnt - RING__WCNT(ck_pr_load_64(&l->claim_tail))) & RING__CNT_MASK;
     uint64_t torn_now = p->begun - ck_pr_load_64(&l->claim_begun) - committed;
@@ -828,6 +832,12 @@ int ring_consumer_open(ring_t *r, char *err, size_t errlen)
             ring__err(err, errlen, "ring: this process already holds the consumer role");
             return -EBUSY;
         }
+        /* taking over from a dead holder: clear its start time first, so
+         * that between our CAS and our own start-time store nobody compares
+         * our pid with the dead one's start time and thinks us dead too
+         * (0 = not known: only kill() is consulted) */
+        if (holder != 0)
+            ck_pr_store_64(&h->consumer_start, 0);
         uint64_t nw = ((w >> 32) + 1) << 32 | (uint32_t)pid;
         if (ck_pr_cas_64(&h->consumer, w, nw)) {
             r->cons_word = nw;
