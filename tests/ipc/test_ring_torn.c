@@ -13,6 +13,7 @@
 #include "tap.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -106,6 +107,23 @@ static uint64_t drain(ring_t *r, uint32_t prod, uint64_t *next, uint64_t *bad)
     return got;
 }
 
+/* A thread that claims a lane, commits 3 records and exits without
+ * ring_producer_release (its process stays alive). */
+static void *thread_exits(void *arg)
+{
+    ring_t *r = arg;
+    ring_producer_t *p;
+    if (ring_producer_acquire(r, "torn5", 6, &p) != 0)
+        return NULL;
+    for (uint64_t s = 1; s <= 3; s++) {
+        uint32_t len = rt_len(5, 0, s, 300);
+        uint8_t *d = ring_try_reserve_spsc(p, len);
+        rt_fill(d, len, 5, 0, s);
+        ring_commit_spsc(p, false);
+    }
+    return p;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -190,6 +208,23 @@ int main(void)
     tap_check(got == 5 && bad == 0 && s.torn == 3 && s.written == 165 && rt_balanced(&s),
               "killed producer with a consumer restart in between: torn 3, nothing counted "
               "twice");
+
+    /* 5: a thread that exits holding its lane (process alive): tgkill sees
+     * the thread gone, reap frees the lane, its records are drained */
+    pthread_t th;
+    void *handle = NULL;
+    pthread_create(&th, NULL, thread_exits, r);
+    pthread_join(th, &handle);
+    tap_check(handle != NULL && ring_consumer_reap(r) == 1,
+              "a thread that exited without releasing its lane is reaped (process alive)");
+    next = 0;
+    got = drain(r, 5, &next, &bad);
+    ring_stats(r, &s);
+    tap_check(got == 3 && bad == 0 && s.torn == 3 && s.producers == 0 && rt_balanced(&s),
+              "its 3 records delivered, no torn write added");
+    ring_producer_release(handle); /* stale handle: must not touch the lane */
+    tap_check(ring_producer_acquire(r, NULL, 0, &p) == 0, "the lane is claimable again");
+    ring_producer_release(p);
     ring_close(r);
     ring_unlink(name);
     return tap_done();
