@@ -462,3 +462,44 @@ void config_write_doc(void *file)
         fprintf(f, " | `%s` | %s |\n", env, k->help);
     }
 }
+
+/* A limit from the file counts only where no OTEL_* variable set it. */
+static uint32_t config__limit(const config_t *c, config_id_t id, uint32_t from_env, const char *general)
+{
+    const char *origin = c->v[id].origin;
+    bool in_file = strcmp(origin, "default") != 0 && strncmp(origin, "environment ", 12) != 0;
+    if (in_file && !getenv(config__keys[id].env) && !(general && getenv(general)))
+        return (uint32_t)c->v[id].i;
+    return from_env;
+}
+
+int config_trace_options(const config_t *c, config_trace_t *store, trace_options_t *opt, char *err,
+                         size_t errlen)
+{
+    int rc;
+    memset(store, 0, sizeof *store);
+    store->geometry.lanes = (uint32_t)c->v[CONFIG_RING_LANES].i;
+    store->geometry.lane_size = (uint64_t)c->v[CONFIG_RING_LANE_SIZE].i;
+    store->geometry.max_record = (uint32_t)c->v[CONFIG_RING_MAX_RECORD].i;
+    /* the sampler keys already carry OTEL_TRACES_SAMPLER[_ARG] (env wins) */
+    if ((rc = trace_sampler_parse(c->v[CONFIG_TRACING_SAMPLER].text, c->v[CONFIG_TRACING_SAMPLER_ARG].text,
+                                  &store->sampler, err, errlen)) != 0)
+        return rc;
+    trace_limits_t env;
+    if ((rc = trace_limits_from_env(&env, err, errlen)) != 0)
+        return rc;
+    store->limits = env;
+    store->limits.attr_count = config__limit(c, CONFIG_TRACING_ATTR_COUNT, env.attr_count, "OTEL_ATTRIBUTE_COUNT_LIMIT");
+    store->limits.attr_value_len = config__limit(c, CONFIG_TRACING_ATTR_VALUE_LEN, env.attr_value_len,
+                                                 "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT");
+    if (store->limits.attr_value_len == 0) /* the file's 0 means no limit */
+        store->limits.attr_value_len = TRACE_LIMIT_UNLIMITED;
+    store->limits.event_count = config__limit(c, CONFIG_TRACING_EVENT_COUNT, env.event_count, NULL);
+    store->limits.link_count = config__limit(c, CONFIG_TRACING_LINK_COUNT, env.link_count, NULL);
+    opt->ring_name = c->v[CONFIG_RING_NAME].text;
+    opt->geometry = &store->geometry;
+    opt->sampler = &store->sampler;
+    opt->limits = &store->limits;
+    opt->deployment_env = c->v[CONFIG_TRACING_ENVIRONMENT].text;
+    return 0;
+}

@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+#include "core.h"
+
 /* Types of values. */
 typedef enum {
     CONFIG_T_STR,   /* free text, at most `max` bytes */
@@ -107,5 +109,19 @@ void config_dump(const config_t *c, void (*line)(void *u, const char *s), void *
 
 /* Writes docs/CONFIG.md's key table (markdown) to `out`. */
 void config_write_doc(void *file);
+
+/* What trace_init needs, taken from the configuration: ring name and
+ * geometry, sampler, span limits and deployment environment.  The OTEL_*
+ * variables keep their precedence over the file (OTEL_ATTRIBUTE_COUNT_LIMIT
+ * and the other general limits included).  The pointers in *opt point into
+ * *store and *c, which must outlive the trace_init call.  Service name and
+ * version are the caller's.  Returns 0 or -EINVAL with the reason in err. */
+typedef struct st_config_trace_t {
+    ring_geometry_t geometry;
+    trace_sampler_t sampler;
+    trace_limits_t limits;
+} config_trace_t;
+int config_trace_options(const config_t *c, config_trace_t *store, trace_options_t *opt, char *err,
+                         size_t errlen);
 
 #endif

@@ -132,6 +132,63 @@ int main(void)
     tap_check(config_lookup("ring.lane_size") == CONFIG_RING_LANE_SIZE && config_lookup("ring.nope") == -1,
               "lookup by section.key");
 
+    /* Start-up as every process does it: file -> trace_init creates the ring
+     * with the file's geometry, and the file's sampler and limits apply. */
+    char ring_name[64], conf[512];
+    snprintf(ring_name, sizeof ring_name, "/shop-config-test-%d", (int)getpid());
+    snprintf(conf, sizeof conf,
+             "[ring]\nname = %s\nlanes = 4\nlane_size = 64K\nmax_record = 4K\n"
+             "[tracing]\nsampler = always_on\nattribute_count_limit = 5\n",
+             ring_name);
+    unsetenv("OTEL_ATTRIBUTE_COUNT_LIMIT");
+    unsetenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT");
+    e = load(conf, &c);
+    err[0] = 0;
+    config_trace_t store;
+    trace_options_t opt = {.service_name = "config-test", .create_ring = true};
+    if (tap_check(!*e && config_trace_options(c, &store, &opt, err, sizeof err) == 0,
+                  "trace options from the file (%s%s)", e, err)) {
+        tap_check(store.limits.attr_count == 5, "attribute_count_limit = 5 from the file");
+        setenv("OTEL_ATTRIBUTE_COUNT_LIMIT", "7", 1);
+        config_trace_t s2;
+        trace_options_t o2 = {0};
+        int rc2 = config_trace_options(c, &s2, &o2, err, sizeof err);
+        tap_check(rc2 == 0 && s2.limits.attr_count == 7, "OTEL_ATTRIBUTE_COUNT_LIMIT=7 wins over the file (%u)",
+                  s2.limits.attr_count);
+        unsetenv("OTEL_ATTRIBUTE_COUNT_LIMIT");
+        int rc = trace_init(&opt, err, sizeof err);
+        if (tap_check(rc == 0, "trace_init creates the ring from the file (%s)", rc ? err : "ok")) {
+            trace_span_t sp;
+            trace_span_start(&sp, NULL, "config-span", 11, TRACE_KIND_INTERNAL, NULL);
+            for (int i = 0; i < 8; i++)
+                trace_span_set_int(&sp, "n", i);
+            trace_span_end(&sp);
+            ring_t *r = NULL;
+            if (tap_check(ring_open(ring_name, NULL, false, &r, err, sizeof err) == 0, "ring %s exists", ring_name)) {
+                const ring_geometry_t *g = ring_geometry(r);
+                tap_check(g->lanes == 4 && g->lane_size == 65536 && g->max_record == 4096,
+                          "its geometry is the file's: lanes %u lane_size %llu max_record %u", g->lanes,
+                          (unsigned long long)g->lane_size, g->max_record);
+                ring_stats_t st;
+                ring_stats(r, &st);
+                tap_check(st.written == 1, "the sampled span was written (written=%llu)",
+                          (unsigned long long)st.written);
+                ring_record_t rec;
+                tap_check(ring_consumer_open(r, err, sizeof err) == 0 && ring_consumer_peek(r, &rec, 1) == 1,
+                          "and can be read back");
+                span_record_t sr = {0};
+                int drc = span_record_decode(rec.data, rec.len, &sr);
+                tap_check(drc == 0 && sr.n_attrs == 5 && sr.dropped_attrs == 3,
+                          "the file's attribute limit applied: 5 kept, 3 dropped (%u/%u)", sr.n_attrs,
+                          sr.dropped_attrs);
+                ring_close(r);
+            }
+            trace_shutdown();
+        }
+        ring_unlink(ring_name);
+        config_free(c);
+    }
+
     unlink(path);
     return tap_done();
 }
