@@ -249,7 +249,7 @@ typedef struct st_trace_options_t {
  * record whose header is completed at end. */
 typedef struct st_trace_span_t {
     trace_context_t ctx;       /* this span's context (tracestate points into _buf) */
-    uint64_t _mono_start;      /* CLOCK_MONOTONIC ns at start */
+    uint64_t _t_start;         /* span clock ticks at start (TSC or CLOCK_MONOTONIC ns) */
     uint64_t _wall_start;      /* unix ns at start */
     uint32_t _len;             /* bytes of _buf in use, header included */
     uint32_t _cap;             /* usable bytes of _buf */
@@ -325,7 +325,9 @@ typedef struct st_span_resource_t {
 
 /* --- init --- */
 
-/* Reads OTEL_* variables, builds the resource, opens (or creates) the ring.
+/* Reads OTEL_* variables (and SHOP_TRACE_CLOCK=tsc|system|auto), sets the
+ * span clock up (TSC calibration, ~2 ms, once per process), builds the
+ * resource, opens (or creates) the ring.
  * Returns 0, -EINVAL (bad option or environment value; err names the
  * variable and value), -EALREADY, or ring_open's -errno (err says why). */
 int trace_init(const trace_options_t *opt, char *err, size_t errlen);
@@ -444,11 +446,18 @@ void trace_span_end(trace_span_t *s);
  * out[0..cap) instead of the ring, cut to cap.  Returns the length, 0 for a
  * span that does not record, -ENOSPC when cap cannot hold even the name. */
 int trace_span_end_into(trace_span_t *s, uint64_t end_ns, void *out, size_t cap);
-/* Wall-clock now in unix ns from this thread's cached offset + CLOCK_MONOTONIC. */
+/* Wall-clock now in unix ns: this thread's CLOCK_REALTIME anchor (re-read
+ * every 100 ms) plus the TSC (invariant TSC) or CLOCK_MONOTONIC since it.
+ * SHOP_TRACE_CLOCK=system forces clock_gettime (docs/ARCHITECTURE.md). */
 uint64_t trace_now_ns(void);
 
 /* Slow path of the inline setters (limits, truncation, overflow). */
 void trace__attr_slow(trace_span_t *s, const trace_attr_t *a);
+/* memcpy for trace__copy's long case: out of line on purpose, so that the
+ * compiler calls libc's memcpy instead of inlining `rep movsq` (which it
+ * does for copies whose size it can bound, e.g. a name cut to 1024 bytes,
+ * and which costs ~30 cycles to start, more than the copy). */
+void trace__copy_long(uint8_t *dst, const void *src, size_t n);
 
 /* --- span record and resource decoding (untrusted input) --- */
 
@@ -473,6 +482,12 @@ int span_resource_decode(const void *buf, size_t len, span_resource_t *out);
 
 /* ------------------------------------------------------------ inline defs */
 
+/* The span path's helpers and setters are forced inline: with the key (and
+ * often the value) a literal, inlining turns each setter into a few stores;
+ * out of line (gcc's size heuristic refuses before constants fold) the
+ * copies would lose their known lengths. */
+#define TRACE__INLINE static inline __attribute__((always_inline))
+
 static inline void trace__le16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static inline void trace__le32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void trace__le64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -480,11 +495,50 @@ static inline void trace__le64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 #error "the span record writer assumes a little-endian host"
 #endif
 
+/* Copies n bytes of a span item: short copies (<= 32 bytes: names, keys,
+ * most values) as two overlapping pairs of loads and stores, no call. */
+TRACE__INLINE void trace__copy(uint8_t *d, const void *src, size_t n)
+{
+    const uint8_t *s = (const uint8_t *)src;
+    if (n <= 16) {
+        if (n >= 8) {
+            uint64_t a, b;
+            memcpy(&a, s, 8);
+            memcpy(&b, s + n - 8, 8);
+            memcpy(d, &a, 8);
+            memcpy(d + n - 8, &b, 8);
+        } else if (n >= 4) {
+            uint32_t a, b;
+            memcpy(&a, s, 4);
+            memcpy(&b, s + n - 4, 4);
+            memcpy(d, &a, 4);
+            memcpy(d + n - 4, &b, 4);
+        } else if (n) {
+            uint8_t a = s[0], b = s[n / 2], c = s[n - 1];
+            d[0] = a;
+            d[n / 2] = b;
+            d[n - 1] = c;
+        }
+    } else if (n <= 32) {
+        uint64_t a, b, c, e;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + 8, 8);
+        memcpy(&c, s + n - 16, 8);
+        memcpy(&e, s + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + 8, &b, 8);
+        memcpy(d + n - 16, &c, 8);
+        memcpy(d + n - 8, &e, 8);
+    } else {
+        trace__copy_long(d, s, n);
+    }
+}
+
 /* Writes one span attribute item of a fixed-size or string value when the
  * fast path applies (recording, under the count limit, within the value
  * limit, fits the buffer); else the slow path decides.  8-byte item prefix:
  * tag, type, key_len u16, value_len u32 (SPAN_RECORD.md). */
-static inline void trace__attr_fast(trace_span_t *s, const trace_attr_t *a, const void *val,
+TRACE__INLINE void trace__attr_fast(trace_span_t *s, const trace_attr_t *a, const void *val,
                                     size_t vlen)
 {
     if (!s->_recording)
@@ -500,51 +554,51 @@ static inline void trace__attr_fast(trace_span_t *s, const trace_attr_t *a, cons
     p[1] = (uint8_t)a->type;
     trace__le16(p + 2, (uint16_t)a->key_len);
     trace__le32(p + 4, (uint32_t)vlen);
-    memcpy(p + 8, a->key, a->key_len);
-    memcpy(p + 8 + a->key_len, val, vlen);
+    trace__copy(p + 8, a->key, a->key_len);
+    trace__copy(p + 8 + a->key_len, val, vlen);
     s->_len += (uint32_t)need;
     s->_attr_left--;
     s->_nattrs++;
 }
 
 /* Length-explicit setters: the hot path. */
-static inline void trace_span_set_str_n(trace_span_t *s, const char *key, size_t klen,
+TRACE__INLINE void trace_span_set_str_n(trace_span_t *s, const char *key, size_t klen,
                                         const char *val, size_t vlen)
 {
     trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_STRING,
                       .v.s = {val, vlen}};
     trace__attr_fast(s, &a, val, vlen);
 }
-static inline void trace_span_set_int_n(trace_span_t *s, const char *key, size_t klen, int64_t v)
+TRACE__INLINE void trace_span_set_int_n(trace_span_t *s, const char *key, size_t klen, int64_t v)
 {
     trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_INT, .v.i = v};
     trace__attr_fast(s, &a, &v, 8);
 }
-static inline void trace_span_set_double_n(trace_span_t *s, const char *key, size_t klen, double v)
+TRACE__INLINE void trace_span_set_double_n(trace_span_t *s, const char *key, size_t klen, double v)
 {
     trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_DOUBLE, .v.d = v};
     trace__attr_fast(s, &a, &v, 8);
 }
-static inline void trace_span_set_bool_n(trace_span_t *s, const char *key, size_t klen, bool v)
+TRACE__INLINE void trace_span_set_bool_n(trace_span_t *s, const char *key, size_t klen, bool v)
 {
     uint8_t b = v ? 1 : 0;
     trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_BOOL, .v.b = v};
     trace__attr_fast(s, &a, &b, 1);
 }
 /* C-string conveniences (strlen of a literal folds at compile time). */
-static inline void trace_span_set_str(trace_span_t *s, const char *key, const char *val)
+TRACE__INLINE void trace_span_set_str(trace_span_t *s, const char *key, const char *val)
 {
     trace_span_set_str_n(s, key, strlen(key), val, strlen(val));
 }
-static inline void trace_span_set_int(trace_span_t *s, const char *key, int64_t v)
+TRACE__INLINE void trace_span_set_int(trace_span_t *s, const char *key, int64_t v)
 {
     trace_span_set_int_n(s, key, strlen(key), v);
 }
-static inline void trace_span_set_double(trace_span_t *s, const char *key, double v)
+TRACE__INLINE void trace_span_set_double(trace_span_t *s, const char *key, double v)
 {
     trace_span_set_double_n(s, key, strlen(key), v);
 }
-static inline void trace_span_set_bool(trace_span_t *s, const char *key, bool v)
+TRACE__INLINE void trace_span_set_bool(trace_span_t *s, const char *key, bool v)
 {
     trace_span_set_bool_n(s, key, strlen(key), v);
 }

@@ -19,17 +19,13 @@
 #include <sys/random.h>
 #endif
 
-typedef struct st_trace_id_rng_t {
-    uint64_t s[4];
-    uint32_t gen; /* the fork generation this state was seeded in */
-} trace_id_rng_t;
-
-/* initial-exec: core is a static library built -fPIC; the default model
- * would make every access a __tls_get_addr call on the span path. */
-static _Thread_local trace_id_rng_t rng __attribute__((tls_model("initial-exec")));
+/* initial-exec (trace_id.h); the span path inlines trace_id__next. */
+_Thread_local trace_id_rng_t trace_id__rng __attribute__((tls_model("initial-exec")));
+#define rng trace_id__rng
 /* Starts at 1 so a zeroed thread-local state (gen 0) seeds on first use.
  * Written only in the atfork child handler (one thread exists then). */
-static uint32_t fork_gen = 1;
+uint32_t trace_id__fork_gen = 1;
+#define fork_gen trace_id__fork_gen
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void trace_id__atfork_child(void) { fork_gen++; }
@@ -38,8 +34,6 @@ static void trace_id__register_atfork(void)
 {
     pthread_atfork(NULL, NULL, trace_id__atfork_child);
 }
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 /* splitmix64: spreads a weak seed over the state words. */
 static uint64_t splitmix64(uint64_t *x)
@@ -50,7 +44,7 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static __attribute__((noinline)) void trace_id__seed(void)
+__attribute__((noinline)) void trace_id__seed(void)
 {
     pthread_once(&atfork_once, trace_id__register_atfork);
     uint64_t seed[4] = {0, 0, 0, 0};
@@ -76,21 +70,7 @@ static __attribute__((noinline)) void trace_id__seed(void)
     rng.gen = fork_gen;
 }
 
-uint64_t trace_id__next(void)
-{
-    if (__builtin_expect(rng.gen != fork_gen, 0))
-        trace_id__seed();
-    uint64_t *s = rng.s;
-    uint64_t r = rotl(s[0] + s[3], 23) + s[0];
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
+uint64_t trace_id__next(void) { return trace_id__next_inline(); }
 
 void trace_id_new(uint8_t out[TRACE_ID_SIZE])
 {
