@@ -430,9 +430,10 @@ void trace_span_start(trace_span_t *s, const trace_scope_t *scope, const char *n
                       size_t name_len, trace_kind_t kind, const trace_context_t *parent);
 /* The generic attribute setter (all types, arrays included). */
 void trace_span_set_attr(trace_span_t *s, const trace_attr_t *a);
-/* Status: OK is final; ERROR keeps msg; UNSET is ignored (OTel API rules). */
-void trace_span_set_status(trace_span_t *s, trace_status_t code, const char *msg,
-                           size_t msg_len);
+/* Status: OK is final; ERROR keeps msg; UNSET is ignored (OTel API rules).
+ * Inline (OK is a byte store); see the inline defs. */
+static inline void trace_span_set_status(trace_span_t *s, trace_status_t code, const char *msg,
+                                         size_t msg_len);
 /* Adds an event (time_ns 0 = now) with n attributes. */
 void trace_span_add_event(trace_span_t *s, const char *name, size_t name_len, uint64_t time_ns,
                           const trace_attr_t *attrs, size_t n);
@@ -453,6 +454,13 @@ uint64_t trace_now_ns(void);
 
 /* Slow path of the inline setters (limits, truncation, overflow). */
 void trace__attr_slow(trace_span_t *s, const trace_attr_t *a);
+/* The same from trace__attr_put's arguments (str/vlen for strings, the
+ * value's 8 bytes in bits for scalars). */
+void trace__attr_slow_raw(trace_span_t *s, const char *key, size_t klen, trace_attr_type_t type,
+                          const char *str, size_t vlen, uint64_t bits);
+/* trace_span_set_status for every code but OK. */
+void trace__set_status_slow(trace_span_t *s, trace_status_t code, const char *msg,
+                            size_t msg_len);
 /* memcpy for trace__copy's long case: out of line on purpose, so that the
  * compiler calls libc's memcpy instead of inlining `rep movsq` (which it
  * does for copies whose size it can bound, e.g. a name cut to 1024 bytes,
@@ -534,56 +542,66 @@ TRACE__INLINE void trace__copy(uint8_t *d, const void *src, size_t n)
     }
 }
 
-/* Writes one span attribute item of a fixed-size or string value when the
- * fast path applies (recording, under the count limit, within the value
- * limit, fits the buffer); else the slow path decides.  8-byte item prefix:
- * tag, type, key_len u16, value_len u32 (SPAN_RECORD.md). */
-TRACE__INLINE void trace__attr_fast(trace_span_t *s, const trace_attr_t *a, const void *val,
-                                    size_t vlen)
+/* Writes one span attribute item of a scalar or string value when the fast
+ * path applies (recording, under the count limit, within the value limit,
+ * fits the buffer); else the slow path decides.  8-byte item prefix: tag,
+ * type, key_len u16, value_len u32 (SPAN_RECORD.md).  Strings come as
+ * str/vlen, scalars as their 8 bytes in `bits` (bool: 0/1, vlen 1): no
+ * trace_attr_t is built on the fast path (that would cost ~8 stack stores
+ * per attribute), only in trace__attr_slow_raw. */
+TRACE__INLINE void trace__attr_put(trace_span_t *s, const char *key, size_t klen,
+                                   trace_attr_type_t type, const char *str, size_t vlen,
+                                   uint64_t bits)
 {
     if (!s->_recording)
         return;
-    size_t need = 8 + a->key_len + vlen;
-    if (__builtin_expect(s->_attr_left == 0 || a->key_len > 0xffff || vlen > s->_vlimit ||
-                             need > (size_t)(s->_cap - s->_len), 0)) {
-        trace__attr_slow(s, a);
+    /* Fields read once and written back before the item's byte stores:
+     * those may alias them for the compiler, which would otherwise reload
+     * them (a store-forwarding wait per attribute on the _len chain). */
+    uint32_t len = s->_len, left = s->_attr_left;
+    size_t need = 8 + klen + vlen;
+    if (__builtin_expect(left == 0 || klen > 0xffff ||
+                             (type == TRACE_ATTR_STRING && vlen > s->_vlimit) ||
+                             need > (size_t)(s->_cap - len), 0)) {
+        trace__attr_slow_raw(s, key, klen, type, str, vlen, bits);
         return;
     }
-    uint8_t *p = s->_buf + s->_len;
-    p[0] = SPAN_ITEM_ATTR;
-    p[1] = (uint8_t)a->type;
-    trace__le16(p + 2, (uint16_t)a->key_len);
-    trace__le32(p + 4, (uint32_t)vlen);
-    trace__copy(p + 8, a->key, a->key_len);
-    trace__copy(p + 8 + a->key_len, val, vlen);
-    s->_len += (uint32_t)need;
-    s->_attr_left--;
+    s->_len = len + (uint32_t)need;
+    s->_attr_left = left - 1;
     s->_nattrs++;
+    uint8_t *p = s->_buf + len;
+    p[0] = SPAN_ITEM_ATTR;
+    p[1] = (uint8_t)type;
+    trace__le16(p + 2, (uint16_t)klen);
+    trace__le32(p + 4, (uint32_t)vlen);
+    trace__copy(p + 8, key, klen);
+    if (type == TRACE_ATTR_STRING)
+        trace__copy(p + 8 + klen, str, vlen);
+    else if (type == TRACE_ATTR_BOOL)
+        p[8 + klen] = (uint8_t)bits;
+    else
+        trace__le64(p + 8 + klen, bits);
 }
 
 /* Length-explicit setters: the hot path. */
 TRACE__INLINE void trace_span_set_str_n(trace_span_t *s, const char *key, size_t klen,
                                         const char *val, size_t vlen)
 {
-    trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_STRING,
-                      .v.s = {val, vlen}};
-    trace__attr_fast(s, &a, val, vlen);
+    trace__attr_put(s, key, klen, TRACE_ATTR_STRING, val, vlen, 0);
 }
 TRACE__INLINE void trace_span_set_int_n(trace_span_t *s, const char *key, size_t klen, int64_t v)
 {
-    trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_INT, .v.i = v};
-    trace__attr_fast(s, &a, &v, 8);
+    trace__attr_put(s, key, klen, TRACE_ATTR_INT, NULL, 8, (uint64_t)v);
 }
 TRACE__INLINE void trace_span_set_double_n(trace_span_t *s, const char *key, size_t klen, double v)
 {
-    trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_DOUBLE, .v.d = v};
-    trace__attr_fast(s, &a, &v, 8);
+    uint64_t bits;
+    memcpy(&bits, &v, 8);
+    trace__attr_put(s, key, klen, TRACE_ATTR_DOUBLE, NULL, 8, bits);
 }
 TRACE__INLINE void trace_span_set_bool_n(trace_span_t *s, const char *key, size_t klen, bool v)
 {
-    uint8_t b = v ? 1 : 0;
-    trace_attr_t a = {.key = key, .key_len = klen, .type = TRACE_ATTR_BOOL, .v.b = v};
-    trace__attr_fast(s, &a, &b, 1);
+    trace__attr_put(s, key, klen, TRACE_ATTR_BOOL, NULL, 1, v ? 1 : 0);
 }
 /* C-string conveniences (strlen of a literal folds at compile time). */
 TRACE__INLINE void trace_span_set_str(trace_span_t *s, const char *key, const char *val)
@@ -601,6 +619,16 @@ TRACE__INLINE void trace_span_set_double(trace_span_t *s, const char *key, doubl
 TRACE__INLINE void trace_span_set_bool(trace_span_t *s, const char *key, bool v)
 {
     trace_span_set_bool_n(s, key, strlen(key), v);
+}
+static inline void trace_span_set_status(trace_span_t *s, trace_status_t code, const char *msg,
+                                         size_t msg_len)
+{
+    if (code == TRACE_STATUS_OK) { /* final, whatever came before */
+        if (s->_recording)
+            s->_status = TRACE_STATUS_OK;
+        return;
+    }
+    trace__set_status_slow(s, code, msg, msg_len);
 }
 static inline bool trace_span_is_recording(const trace_span_t *s) { return s->_recording != 0; }
 static inline const trace_context_t *trace_span_context(const trace_span_t *s) { return &s->ctx; }

@@ -378,12 +378,13 @@ static inline uint32_t room(const trace_span_t *s) { return s->_cap - s->_len; }
 /* A NAME / TRACESTATE / STATUS_MSG item: tag, 0, u16 len, bytes. */
 TRACE__INLINE void put_str_item(trace_span_t *s, uint8_t tag, const char *p, size_t n)
 {
-    uint8_t *q = s->_buf + s->_len;
+    uint32_t len = s->_len;
+    s->_len = len + 4 + (uint32_t)n;
+    uint8_t *q = s->_buf + len;
     q[0] = tag;
     q[1] = 0;
     trace__le16(q + 2, (uint16_t)n);
     trace__copy(q + 4, p, n);
-    s->_len += 4 + (uint32_t)n;
 }
 
 void trace_span_start(trace_span_t *s, const trace_scope_t *scope, const char *name,
@@ -457,10 +458,19 @@ void trace_span_start(trace_span_t *s, const trace_scope_t *scope, const char *n
         memset(b + 32, 0, 8);
     trace__le64(b + 40, s->_wall_start);
     trace__le16(b + 74, 0);
-    s->_len = SPAN_RECORD_HEADER_SIZE;
 
-    put_str_item(s, SPAN_ITEM_NAME, name, name_len < TRACE_NAME_MAX ? name_len : TRACE_NAME_MAX);
-    uint8_t *q = b + s->_len;
+    /* The length stays in a register: every byte store below may alias
+     * s->_len for the compiler, so updating the field as we go would make
+     * each step wait on a store-forwarded reload. */
+    uint32_t len = SPAN_RECORD_HEADER_SIZE;
+    size_t nlen = name_len < TRACE_NAME_MAX ? name_len : TRACE_NAME_MAX;
+    uint8_t *q = b + len;
+    q[0] = SPAN_ITEM_NAME;
+    q[1] = 0;
+    trace__le16(q + 2, (uint16_t)nlen);
+    trace__copy(q + 4, name, nlen);
+    len += 4 + (uint32_t)nlen;
+    q = b + len;
     uint8_t nl = scope ? scope->name_len : 0, vl = scope ? scope->version_len : 0;
     q[0] = SPAN_ITEM_SCOPE;
     q[1] = nl;
@@ -470,7 +480,8 @@ void trace_span_start(trace_span_t *s, const trace_scope_t *scope, const char *n
         trace__copy(q + 4, scope->name, nl);
     if (vl)
         trace__copy(q + 4 + nl, scope->version, vl);
-    s->_len += 4u + nl + vl;
+    len += 4u + nl + vl;
+    s->_len = len;
     if (s->ctx.tracestate_len && s->ctx.tracestate_len <= TRACE_TRACESTATE_MAX) {
         put_str_item(s, SPAN_ITEM_TRACESTATE, s->ctx.tracestate, s->ctx.tracestate_len);
         s->ctx.tracestate = (const char *)s->_buf + s->_len - s->ctx.tracestate_len;
@@ -500,9 +511,33 @@ void trace__attr_slow(trace_span_t *s, const trace_attr_t *a)
     s->_nattrs++;
 }
 
+void trace__attr_slow_raw(trace_span_t *s, const char *key, size_t klen, trace_attr_type_t type,
+                          const char *str, size_t vlen, uint64_t bits)
+{
+    trace_attr_t a = {.key = key, .key_len = klen, .type = type};
+    switch (type) {
+    case TRACE_ATTR_STRING:
+        a.v.s = (trace_str_t){str, vlen};
+        break;
+    case TRACE_ATTR_BOOL:
+        a.v.b = bits != 0;
+        break;
+    case TRACE_ATTR_INT:
+        a.v.i = (int64_t)bits;
+        break;
+    case TRACE_ATTR_DOUBLE:
+        memcpy(&a.v.d, &bits, 8);
+        break;
+    default: /* arrays never come this way */
+        s->_dropped_attrs += s->_recording ? 1 : 0;
+        return;
+    }
+    trace__attr_slow(s, &a);
+}
+
 void trace_span_set_attr(trace_span_t *s, const trace_attr_t *a) { trace__attr_slow(s, a); }
 
-void trace_span_set_status(trace_span_t *s, trace_status_t code, const char *msg, size_t msg_len)
+void trace__set_status_slow(trace_span_t *s, trace_status_t code, const char *msg, size_t msg_len)
 {
     if (!s->_recording || s->_status == TRACE_STATUS_OK || code == TRACE_STATUS_UNSET)
         return;
