@@ -40,9 +40,10 @@ fi
 mkdir -p "$bin"
 rm -f "$stamp"
 cd "$here"
-# -mod=mod lets go resolve from go.sum without a vendor dir; -trimpath and
-# -buildvcs=false keep the binaries free of local paths and git state.
-export GOFLAGS="-mod=mod -buildvcs=false -trimpath"
+# -mod=mod lets go resolve from go.sum without a vendor dir; -buildvcs=false
+# keeps git state out. No -trimpath: compile flags then match what
+# `go tool NAME` uses, so both share Go's build cache (only linking differs).
+export GOFLAGS="-mod=mod -buildvcs=false"
 for t in "${tools[@]}"; do
   name="${t%% *}" pkg="${t#* }"
   start=$SECONDS
