@@ -33,9 +33,6 @@
 #define TRACE_NAME_MAX 1024u /* bytes of a span/event name kept */
 #define TRACE_STATUS_MSG_MAX 1024u
 #define NS_PER_S 1000000000ULL
-/* Bytes past a record's start that trace_span_end prefetches for the next
- * records (~6 typical records; 1-8 KiB measured alike, 2 KiB best). */
-#define TRACE_PREFETCH_AHEAD 2048u
 
 _Static_assert(TRACE_SPAN_BUF_SIZE >= SPAN_RECORD_HEADER_SIZE + 4 + TRACE_NAME_MAX + 4 + 510 +
                                           4 + TRACE_TRACESTATE_MAX + 64,
@@ -735,19 +732,6 @@ uint32_t trace__finish(trace_span_t *s, uint64_t end_ns, uint32_t limit, bool *t
     return s->_len;
 }
 
-/* prefetchw of the cache lines of [p, p + n): a hint, never faults (an
- * address past the lane's end is dropped or touches a neighbour lane's
- * line, harmless); 0F 0D is a NOP on x86-64 CPUs without PREFETCHW. */
-static inline void prefetch_ahead(const uint8_t *p, uint32_t n)
-{
-#if defined(__x86_64__)
-    for (uint32_t o = 0; o < n + 64; o += 64)
-        __asm__ volatile("prefetchw %0" : : "m"(*(const volatile uint8_t *)(p + o)));
-#else
-    (void)p;
-    (void)n;
-#endif
-}
 
 /* trace_span_end's rare cases: a sink, no ring, a record to cut. */
 static __attribute__((noinline)) void end_slow(trace_span_t *s, uint64_t end)
@@ -800,12 +784,6 @@ void trace_span_end(trace_span_t *s)
     memcpy(dst, s->_buf, len);
     finish_header(dst, s, end);
     ring_commit_spsc(p, s->_truncated != 0);
-    /* Ask now, in exclusive state (prefetchw), for the lane bytes a few
-     * records ahead, so later ends do not wait for them: a lane larger than
-     * the cache (or lines the consumer last read) otherwise costs the
-     * stores a miss each, and a TLB miss at every page: p99 ~210 -> ~105 ns
-     * on the dev VM with the benchmark's 256 MiB lane. */
-    prefetch_ahead(dst + TRACE_PREFETCH_AHEAD, len);
 }
 
 int trace_span_end_into(trace_span_t *s, uint64_t end_ns, void *out, size_t cap)
