@@ -4,7 +4,7 @@
 Called by `./shop test` after the builds are up to date:
   main build (var/build/main): suites unit, integration, e2e
   sanitizer build (var/build/san, ASan+UBSan): suites unit, integration
-  Python suites in var/venv (tests/py: real grpcio peers, the OTLP capture server, Jaeger): e2e
+  (the e2e suite includes the Python tests in var/venv: tests/py through tests/py/run_tap.py)
   fuzz build (var/build/fuzz, clang + libFuzzer): every fuzz_* target for a bounded time
 
 Test programs speak TAP; a test case is one `ok`/`not ok` line, so the count is of test
@@ -140,42 +140,6 @@ def run_fuzzers(root, build, seconds):
     return tally
 
 
-def run_pytest(root, suite_dir, label):
-    """Runs the Python suites (real grpcio peers, Jaeger) in var/venv, counted from JUnit XML."""
-    import xml.etree.ElementTree as ET
-    tally = Tally()
-    py = os.path.join(root, 'var', 'venv', 'bin', 'python')
-    if not os.access(py, os.X_OK):
-        tally.failed += 1
-        tally.failures.append(f'{label}: var/venv missing (tests/py/setup.sh did not run)')
-        return tally
-    junit = os.path.join(root, 'var', f'junit-{label}.xml')
-    started = time.monotonic()
-    proc = subprocess.run([py, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', f'--junitxml={junit}',
-                           suite_dir], cwd=root, capture_output=True, text=True,
-                          env=dict(os.environ, SHOP_REQUIRE_TOOLS='1'))
-    if not os.path.exists(junit):
-        print(proc.stdout[-4000:] + proc.stderr[-4000:])
-        tally.failed += 1
-        tally.failures.append(f'{label}: pytest wrote no report (exit {proc.returncode})')
-        return tally
-    for case in ET.parse(junit).getroot().iter('testcase'):
-        name = f"{case.get('classname')}::{case.get('name')}"
-        if case.find('failure') is not None or case.find('error') is not None:
-            tally.failed += 1
-            tally.failures.append(f'{label}/{name}')
-        elif case.find('skipped') is not None:
-            tally.skipped += 1
-        else:
-            tally.passed += 1
-    if tally.failed:
-        print('\n'.join(proc.stdout.splitlines()[-60:]))
-    took = time.monotonic() - started
-    print(f'{"py":5} {label:12} {tally.passed:5} passed {tally.failed:3} failed '
-          f'{tally.skipped:3} skipped  ({took:.1f}s)', flush=True)
-    return tally
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--root', required=True)
@@ -198,8 +162,6 @@ def main():
         for suite in suites:
             if suite in want and suite in have:
                 total.add(run_meson_suite(build, label, suite, env))
-    if 'e2e' in want:
-        total.add(run_pytest(root, 'tests/py', 'py'))
     if 'fuzz' in want:
         total.add(run_fuzzers(root, os.path.join(root, 'var/build/fuzz'), args.fuzz_seconds))
     if total.failures:
