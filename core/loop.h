@@ -96,7 +96,9 @@ extern "C" {
 /* Connection states: the explicit state machine of a loop_conn_t.
  *   CONNECTING -> OPEN            connect succeeded
  *   CONNECTING -> FAILED          connect failed or timed out
- *   OPEN -> FAILED                read/write error or EOF seen
+ *   OPEN -> FAILED                read error (EOF keeps OPEN: the peer may
+ *                                 still read our answer; a write error only
+ *                                 fails queued and later writes)
  *   any -> CLOSING                loop_conn_close()
  *   CLOSING -> (freed)            after every in-flight op completed, the
  *                                 fd is closed and the close callback ran */
@@ -124,7 +126,8 @@ typedef void (*loop_accept_cb)(loop_listener_t *l, loop_conn_t *conn, void *arg)
 /* status 0 (state OPEN) or -errno (-ETIMEDOUT, -ECONNREFUSED, ...; state FAILED). */
 typedef void (*loop_connect_cb)(loop_conn_t *conn, int status, void *data);
 /* n > 0: n bytes in buf (valid during the call only); n == 0: EOF; n < 0:
- * -errno.  After n <= 0 reading has stopped and the state is FAILED. */
+ * -errno.  After n <= 0 reading has stopped; n < 0 also moves the state to
+ * FAILED, while after EOF the connection stays OPEN for writes (half-close). */
 typedef void (*loop_read_cb)(loop_conn_t *conn, ssize_t n, const void *buf, void *data);
 /* Runs once per loop_conn_write(): 0 when every byte was sent, else -errno
  * (-ECANCELED when the connection was closed first). */
