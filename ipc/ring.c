@@ -678,10 +678,28 @@ static inline void ring__prefetch_ahead_spsc(const ring_producer_t *p)
 #endif
 }
 
-void *ring_try_reserve_spsc(ring_producer_t *p, uint32_t len)
+/* Writes a SPAN record header at `off` and marks the lane reserved up to
+ * `end` (a position); returns the payload pointer.  Shared by both paths. */
+static inline void *ring__start_record_spsc(ring_producer_t *p, uint64_t off, uint32_t len, uint64_t end)
 {
-    if (len > p->max_payload || p->reserved)
-        return NULL;
+    uint32_t *h = (uint32_t *)(void *)(p->data + off);
+    h[0] = len;
+    h[1] = RING__REC_SPAN;
+    *(uint64_t *)(void *)(h + 2) = p->begun;
+    p->res_end = end & RING__POS_MASK;
+    p->reserved = 1;
+#ifdef RING_TEST_HOOKS
+    if (ring_test_hook_mid_write != NULL)
+        ring_test_hook_mid_write();
+#endif
+    return p->data + off + RING_RECORD_HEADER;
+}
+
+/* Every case of reserve: the lane looks full (reload the consumer's head),
+ * or the record needs a PAD first.  Kept out of line so the common case
+ * below stays small enough to inline into span end under LTO. */
+__attribute__((noinline, cold)) static void *ring__reserve_slow_spsc(ring_producer_t *p, uint32_t len)
+{
     uint64_t need = ring__round16((uint64_t)RING_RECORD_HEADER + len);
     uint64_t off = p->pos & p->mask;
     uint64_t to_end = p->lane_size - off;
@@ -713,17 +731,23 @@ void *ring_try_reserve_spsc(ring_producer_t *p, uint32_t len)
         pos += to_end;
         off = 0;
     }
-    uint32_t *h = (uint32_t *)(void *)(p->data + off);
-    h[0] = len;
-    h[1] = RING__REC_SPAN;
-    *(uint64_t *)(void *)(h + 2) = p->begun;
-    p->res_end = (pos + need) & RING__POS_MASK;
-    p->reserved = 1;
-#ifdef RING_TEST_HOOKS
-    if (ring_test_hook_mid_write != NULL)
-        ring_test_hook_mid_write();
-#endif
-    return p->data + off + RING_RECORD_HEADER;
+    return ring__start_record_spsc(p, off, len, pos + need);
+}
+
+void *ring_try_reserve_spsc(ring_producer_t *p, uint32_t len)
+{
+    if (len > p->max_payload || p->reserved)
+        return NULL;
+    uint64_t need = ring__round16((uint64_t)RING_RECORD_HEADER + len);
+    uint64_t off = p->pos & p->mask;
+    /* the common case: fits before the lane's end and before the cached
+     * head; same stores, in the same order, as the slow path */
+    if (__builtin_expect(need > p->lane_size - off ||
+                             ((p->pos - p->head_pos) & RING__POS_MASK) + need > p->lane_size,
+                         0))
+        return ring__reserve_slow_spsc(p, len);
+    ck_pr_store_64(&p->lane->begun, ++p->begun); /* see the slow path on begun */
+    return ring__start_record_spsc(p, off, len, p->pos + need);
 }
 
 void ring_commit_spsc(ring_producer_t *p, bool truncated)
