@@ -106,4 +106,52 @@ typedef struct st_grpc_channel_stats_t {
 } grpc_channel_stats_t;
 void grpc_channel_stats(const grpc_channel_t *ch, grpc_channel_stats_t *out);
 
+/* ------------------------------------------------------------------------
+ * Memory-only helpers.  Pure functions: no I/O, no allocation, so they are
+ * fuzzed directly (tests/fuzz/fuzz_grpc_frame.c) and usable by a server.
+ * Parsers return -1 for bad input and -2 for incomplete input (STYLE.md).
+ */
+
+/* One length-prefixed message (gRPC PROTOCOL-HTTP2 "Length-Prefixed-Message":
+ * 1 byte compressed flag, 4 bytes big-endian length, message). */
+typedef struct st_grpc_frame_t {
+    bool compressed;
+    const uint8_t *msg; /* points into the parsed buffer */
+    uint32_t len;
+} grpc_frame_t;
+
+#define GRPC_FRAME_HDR 5u
+
+/* Parses the frame at the start of buf.  Returns the bytes it occupies
+ * (5 + len), -1 (flag byte not 0/1), -2 (incomplete), or -3 when len is
+ * over max_len (the caller answers RESOURCE_EXHAUSTED). */
+long grpc_frame_parse(const uint8_t *buf, size_t len, uint32_t max_len, grpc_frame_t *out);
+
+/* grpc-timeout (TimeoutValue: at most 8 digits, TimeoutUnit H M S m u n).
+ * Format writes the largest unit that represents ns exactly, or else
+ * rounds up in the smallest unit that fits 8 digits; returns the length
+ * (<= 9) or -1 if buflen < 10.  Parse returns 0 and *ns (saturating), or -1. */
+int grpc_timeout_format(uint64_t ns, char *buf, size_t buflen);
+int grpc_timeout_parse(const char *s, size_t len, uint64_t *ns);
+
+/* Percent-decoding of grpc-message ("%XX"; malformed escapes pass through
+ * verbatim, as the spec asks of receivers).  Writes at most outcap bytes
+ * plus no terminator; returns the decoded length (always <= len), or -1 if
+ * outcap is too small. */
+long grpc_percent_decode(const char *in, size_t len, char *out, size_t outcap);
+
+/* Base64 for "-bin" metadata: decode accepts padded and unpadded input,
+ * returns the length or -1 (bad character/length, or outcap too small).
+ * Encode writes unpadded base64 plus a NUL and returns its length, or -1 if
+ * outcap < grpc_base64_encoded_len(len) + 1. */
+long grpc_base64_decode(const char *in, size_t len, uint8_t *out, size_t outcap);
+size_t grpc_base64_encoded_len(size_t len);
+long grpc_base64_encode(const uint8_t *in, size_t len, char *out, size_t outcap);
+
+/* The status a response without grpc-status gets from its HTTP :status
+ * (grpc/doc/http-grpc-status-mapping.md): 400 INTERNAL, 401 UNAUTHENTICATED,
+ * 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE,
+ * anything else UNKNOWN. */
+grpc_status_t grpc_status_from_http(int http_status);
+
 #endif
