@@ -64,7 +64,34 @@ typedef enum {
     X(TRACING_EVENT_COUNT, "tracing", "event_count_limit", CONFIG_T_INT, "128", 0, 4096,      \
       NULL, "OTEL_SPAN_EVENT_COUNT_LIMIT", "events kept per span")                           \
     X(TRACING_LINK_COUNT, "tracing", "link_count_limit", CONFIG_T_INT, "128", 0, 4096,        \
-      NULL, "OTEL_SPAN_LINK_COUNT_LIMIT", "links kept per span")
+      NULL, "OTEL_SPAN_LINK_COUNT_LIMIT", "links kept per span")                             \
+    X(EXPORTER_ENDPOINT, "exporter", "endpoint", CONFIG_T_STR, "http://127.0.0.1:4317", 1, 255, \
+      NULL, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",                                            \
+      "OTLP/gRPC receiver, http[s]://numeric-ip:port (OTEL_EXPORTER_OTLP_ENDPOINT too)")     \
+    X(EXPORTER_PROTOCOL, "exporter", "protocol", CONFIG_T_ENUM, "grpc", 0, 0, "grpc",        \
+      "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTLP transport; only grpc is implemented")      \
+    X(EXPORTER_COMPRESSION, "exporter", "compression", CONFIG_T_ENUM, "none", 0, 0,          \
+      "none|gzip", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "request compression")          \
+    X(EXPORTER_TIMEOUT, "exporter", "timeout", CONFIG_T_INT, "10000", 1, 600000, NULL,       \
+      "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "ms one Export call may take (grpc-timeout)")     \
+    X(EXPORTER_HEADERS, "exporter", "headers", CONFIG_T_STR, "", 0, 255, NULL,               \
+      "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "metadata on every call: key=value,key=value")    \
+    X(EXPORTER_INSECURE, "exporter", "insecure", CONFIG_T_BOOL, "false", 0, 0, NULL,         \
+      "OTEL_EXPORTER_OTLP_TRACES_INSECURE", "plaintext h2c when the endpoint has no scheme") \
+    X(EXPORTER_BATCH, "exporter", "max_export_batch_size", CONFIG_T_INT, "512", 1, 65536,     \
+      NULL, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "most spans per Export call (<= max_queue_size)") \
+    X(EXPORTER_QUEUE, "exporter", "max_queue_size", CONFIG_T_INT, "2048", 1, 65536, NULL,     \
+      "OTEL_BSP_MAX_QUEUE_SIZE", "most spans taken from the ring and not yet released")      \
+    X(EXPORTER_DELAY, "exporter", "schedule_delay", CONFIG_T_INT, "5000", 0, 3600000, NULL,   \
+      "OTEL_BSP_SCHEDULE_DELAY", "ms between two exports when batches do not fill")          \
+    X(EXPORTER_EXPORT_TIMEOUT, "exporter", "export_timeout", CONFIG_T_INT, "30000", 1,        \
+      3600000, NULL, "OTEL_BSP_EXPORT_TIMEOUT", "ms a batch may take, retries included")     \
+    X(EXPORTER_METRICS_ADDRESS, "exporter", "metrics_address", CONFIG_T_STR, "0.0.0.0", 2,    \
+      63, NULL, "", "numeric address /metrics listens on")                                    \
+    X(EXPORTER_METRICS_PORT, "exporter", "metrics_port", CONFIG_T_INT, "9464", 0, 65535,      \
+      NULL, "", "port of /metrics (0 = any free port, logged)")                               \
+    X(EXPORTER_RING_ATTACH, "exporter", "ring_attach", CONFIG_T_ENUM, "wait", 0, 0,          \
+      "wait|create", "", "wait for a producer to create the ring, or create it")
 
 typedef enum {
 #define CONFIG__ENUM(id, ...) CONFIG_##id,
