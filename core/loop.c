@@ -26,6 +26,7 @@
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdalign.h>
@@ -54,6 +55,7 @@ enum loop__op {
     LOOP__OP_CLOSE,           /* conn: close of the fd, the last request */
     LOOP__OP_SIGNAL,          /* loop: read of the signalfd */
     LOOP__OP_WAKE,            /* loop: read of the wake eventfd */
+    LOOP__OP_POLL,            /* watch: one-shot poll of a foreign fd */
 };
 #define LOOP__OP_MASK 0xfu
 static_assert(alignof(max_align_t) >= 16, "user_data packs the op in 4 low pointer bits");
@@ -165,6 +167,8 @@ struct st_loop_t {
 
     bool shutting_down;
     loop_timer_t shutdown_timer;
+
+    struct st_loop_watch_t *watches; /* fd readiness watches (loop_watch_*) */
 };
 
 /* Out-of-memory and broken-invariant policy: API calls return -ENOMEM; an
@@ -1388,6 +1392,153 @@ int loop_shutdown(loop_t *loop, uint64_t deadline_ns, loop_close_cb forced_close
                             (void *)(uintptr_t)forced_close_cb);
 }
 
+
+/* ------------------------------------------------------- fd readiness watch
+ * (loop_watch_*: see loop.h.)  State: `armed` while a poll request is in
+ * flight, with the mask it was armed with; a change of the wanted mask
+ * removes that poll and the completion re-arms with the new one.  The
+ * object is freed only by the completion of its last request, as for
+ * connections, so a CQE never points at freed memory. */
+struct st_loop_watch_t {
+    loop_t *loop;
+    int fd;
+    unsigned want;       /* LOOP_WATCH_* wanted by the caller */
+    unsigned armed_mask; /* poll mask of the request in flight */
+    bool armed;          /* a poll request is in flight */
+    bool removing;       /* a poll_remove was submitted for it */
+    bool closing;        /* loop_watch_close() called */
+    bool in_cb;          /* the callback is running (re-arm after it) */
+    loop_watch_cb cb;
+    void *arg;
+    struct st_loop_watch_t *prev, *next; /* loop->watches */
+};
+
+static unsigned loop__watch_mask(unsigned want)
+{
+    return ((want & LOOP_WATCH_READ) ? POLLIN : 0u) | ((want & LOOP_WATCH_WRITE) ? POLLOUT : 0u);
+}
+
+static void loop__watch_free(loop_watch_t *w)
+{
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        w->loop->watches = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    loop__free(w);
+}
+
+/* Brings the kernel side in line with w->want (called outside callbacks). */
+static void loop__watch_sync(loop_watch_t *w)
+{
+    if (w->in_cb)
+        return; /* loop__on_poll re-syncs after the callback */
+    if (w->closing) {
+        if (!w->armed) {
+            loop__watch_free(w);
+        } else if (!w->removing) {
+            w->removing = true;
+            struct io_uring_sqe *sqe = loop__sqe(w->loop);
+            io_uring_prep_poll_remove(sqe, loop__ud(w, LOOP__OP_POLL));
+            io_uring_sqe_set_data64(sqe, loop__ud(NULL, LOOP__OP_IGNORE));
+        }
+        return;
+    }
+    unsigned mask = loop__watch_mask(w->want);
+    if (w->armed) {
+        if (mask != w->armed_mask && !w->removing) {
+            w->removing = true;
+            struct io_uring_sqe *sqe = loop__sqe(w->loop);
+            io_uring_prep_poll_remove(sqe, loop__ud(w, LOOP__OP_POLL));
+            io_uring_sqe_set_data64(sqe, loop__ud(NULL, LOOP__OP_IGNORE));
+        }
+        return;
+    }
+    if (mask == 0)
+        return;
+    struct io_uring_sqe *sqe = loop__sqe(w->loop);
+    io_uring_prep_poll_add(sqe, w->fd, mask);
+    io_uring_sqe_set_data64(sqe, loop__ud(w, LOOP__OP_POLL));
+    w->armed = true;
+    w->armed_mask = mask;
+}
+
+static void loop__on_poll(loop_watch_t *w, int res)
+{
+    w->armed = false;
+    w->removing = false;
+    if (!w->closing && res > 0) {
+        unsigned ev = 0;
+        if (res & (POLLIN | POLLPRI | POLLRDHUP))
+            ev |= LOOP_WATCH_READ;
+        if (res & POLLOUT)
+            ev |= LOOP_WATCH_WRITE;
+        if (res & (POLLERR | POLLHUP | POLLNVAL))
+            ev |= LOOP_WATCH_READ | LOOP_WATCH_WRITE;
+        ev &= w->want;
+        if (ev != 0) {
+            w->in_cb = true;
+            w->cb(w, ev, w->arg);
+            w->in_cb = false;
+        }
+    } else if (!w->closing && res < 0 && res != -ECANCELED && res != -ENOENT) {
+        /* -EBADF & co: the fd went away under us; report it as readiness
+         * so the owner's own I/O call sees the error. */
+        unsigned ev = w->want;
+        if (ev != 0) {
+            w->in_cb = true;
+            w->cb(w, ev, w->arg);
+            w->in_cb = false;
+        }
+        if (!w->closing)
+            w->want = 0; /* do not spin on a dead fd */
+    }
+    loop__watch_sync(w);
+}
+
+int loop_watch_start(loop_t *loop, int fd, loop_watch_cb cb, void *arg, loop_watch_t **out)
+{
+    if (fd < 0)
+        return -EBADF;
+    loop_watch_t *w = loop__alloc(sizeof *w);
+    if (w == NULL)
+        return -ENOMEM;
+    w->loop = loop;
+    w->fd = fd;
+    w->cb = cb;
+    w->arg = arg;
+    w->next = loop->watches;
+    if (w->next != NULL)
+        w->next->prev = w;
+    loop->watches = w;
+    *out = w;
+    return 0;
+}
+
+void loop_watch_set(loop_watch_t *w, unsigned events)
+{
+    if (w->closing)
+        return;
+    w->want = events & (LOOP_WATCH_READ | LOOP_WATCH_WRITE);
+    loop__watch_sync(w);
+}
+
+unsigned loop_watch_events(const loop_watch_t *w)
+{
+    return w->want;
+}
+
+void loop_watch_close(loop_watch_t *w)
+{
+    if (w->closing)
+        loop__fatal("loop_watch_close called twice");
+    w->closing = true;
+    w->want = 0;
+    loop__watch_sync(w);
+}
+/* ------------------------------------------------- end of fd readiness watch */
+
 /* ------------------------------------------------------- CQE dispatching */
 
 static void loop__handle_cqe(loop_t *loop, const struct io_uring_cqe *cqe)
@@ -1430,6 +1581,9 @@ static void loop__handle_cqe(loop_t *loop, const struct io_uring_cqe *cqe)
     case LOOP__OP_WAKE:
         loop__on_wake(loop, cqe->res);
         return;
+    case LOOP__OP_POLL:
+        loop__on_poll(obj, cqe->res);
+        return;
     }
     fprintf(stderr, "loop: CQE with unknown op %u (user_data %#llx)\n", (unsigned)op,
             (unsigned long long)ud);
@@ -1456,6 +1610,11 @@ void loop_destroy(loop_t *loop)
         if (c->state == LOOP_CONN_CLOSING && c->close_cb != NULL)
             c->close_cb(c, c->data);
         loop__conn_free(c);
+    }
+    while (loop->watches != NULL) {
+        loop_watch_t *w = loop->watches;
+        loop->watches = w->next;
+        loop__free(w);
     }
     while (loop->listeners != NULL) {
         loop_listener_t *l = loop->listeners;

@@ -272,6 +272,40 @@ int loop_conn_fd(const loop_conn_t *conn);
 /* Bytes queued and not yet sent. */
 size_t loop_conn_write_queued(const loop_conn_t *conn);
 
+/* ------------------------------------------------------- fd readiness watch
+ * (added for core/pg and core/redis: libpq and hiredis own their sockets
+ * and do their own recv/send, so they need readiness, not completions.)
+ *
+ * A watch reports when a foreign fd becomes readable and/or writable, with
+ * a one-shot IORING_OP_POLL_ADD re-armed after each report, so it behaves
+ * like a level-triggered epoll: as long as the fd is ready and the events
+ * are wanted, the callback runs once per loop iteration.  One-shot rather
+ * than multishot on purpose: multishot poll reports wake-ups (edge), and
+ * libpq/hiredis do not promise to drain the socket on each call.
+ *
+ * Contract: the callback never runs inside loop_watch_*(); events is a mask
+ * of LOOP_WATCH_READ/WRITE (an error or hang-up on the fd reports every
+ * wanted event, so the library's own read/write sees the error).  The fd
+ * stays the caller's: the loop never reads, writes or closes it.  The caller
+ * may close the fd right after loop_watch_close() (the in-flight poll holds
+ * its own reference to the file and is cancelled).  loop_watch_close() may
+ * be called from the watch's own callback; no callback runs after it. */
+#define LOOP_WATCH_READ 0x1u
+#define LOOP_WATCH_WRITE 0x2u
+
+typedef struct st_loop_watch_t loop_watch_t;
+typedef void (*loop_watch_cb)(loop_watch_t *w, unsigned events, void *arg);
+
+/* Creates a watch on fd with no events wanted yet.  *out is freed by the
+ * loop after loop_watch_close().  Errors: -EBADF (fd < 0), -ENOMEM. */
+int loop_watch_start(loop_t *loop, int fd, loop_watch_cb cb, void *arg, loop_watch_t **out);
+/* Sets the wanted events (0 = pause).  Never calls the callback. */
+void loop_watch_set(loop_watch_t *w, unsigned events);
+unsigned loop_watch_events(const loop_watch_t *w);
+/* Stops and releases the watch (asynchronously). */
+void loop_watch_close(loop_watch_t *w);
+/* ------------------------------------------------- end of fd readiness watch */
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,302 @@
+/*
+ * tests/db/test_pg.c - core/pg against a real PostgreSQL started by
+ * tests/db/pg-harness.sh in a private temporary cluster: a pool of 4 under
+ * 1000 concurrent queries, parameters never inlined, timeouts (local and
+ * statement_timeout), transactions, a server restart mid-run, and one
+ * CLIENT span per query with the semconv v1.37 DB attributes.
+ *
+ * Usage: test_pg /path/to/pg-harness.sh
+ */
+#include <stdint.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "pg.h"
+#include "db_test.h"
+#include "tap.h"
+
+static pg_pool_t *pool;
+static const char *tricky = "O'Reilly \"q\" \\ ; DROP TABLE items; -- ünïcødé 日本 🚀";
+
+/* --- counters the callbacks fill --- */
+static int n_done, n_ok, n_bad, n_timeout, n_conn, last_status;
+static char last_value[256];
+
+static void reset(void)
+{
+    n_done = n_ok = n_bad = n_timeout = n_conn = 0;
+    last_status = 0;
+    last_value[0] = '\0';
+}
+
+static void on_res(pg_pool_t *p, int st, const PGresult *r, const char *msg, void *arg)
+{
+    (void)p;
+    n_done++;
+    last_status = st;
+    if (st == 0) {
+        n_ok++;
+        if (r != NULL && PQntuples(r) > 0)
+            snprintf(last_value, sizeof last_value, "%s", PQgetvalue(r, 0, 0));
+    } else if (st == PG_ERR_TIMEOUT) {
+        n_timeout++;
+    } else if (st == PG_ERR_CONNECTION) {
+        n_conn++;
+    } else {
+        tap_diag("query %ld failed: %s: %s", (long)(intptr_t)arg, pg_strerror(st), msg);
+    }
+}
+
+/* 1000 queries: SELECT $1::int * 2, checked against the input. */
+static void on_double(pg_pool_t *p, int st, const PGresult *r, const char *msg, void *arg)
+{
+    (void)p;
+    (void)msg;
+    n_done++;
+    long want = (long)(intptr_t)arg * 2;
+    if (st == 0 && PQntuples(r) == 1 && atol(PQgetvalue(r, 0, 0)) == want)
+        n_ok++;
+    else
+        n_bad++;
+}
+
+static int want_done;
+static bool done_reached(void *arg)
+{
+    (void)arg;
+    return n_done >= want_done;
+}
+static bool pool_ready4(void *arg)
+{
+    (void)arg;
+    return pg_pool_ready(pool) == 4;
+}
+
+static bool run_n(loop_t *loop, int n, uint64_t ms)
+{
+    want_done = n;
+    return dbt_run_until(loop, done_reached, NULL, ms);
+}
+
+static int q(const char *sql, int n, const char *const *v, const char *op, const char *coll)
+{
+    pg_query_opts_t o = {.operation = op, .collection = coll};
+    return pg_query(pool, sql, n, v, NULL, NULL, &o, on_res, NULL);
+}
+
+static pg_txn_t *txn;
+static int txn_status = 1;
+static void on_begin(pg_pool_t *p, int st, pg_txn_t *t, const char *msg, void *arg)
+{
+    (void)p;
+    (void)msg;
+    (void)arg;
+    txn_status = st;
+    txn = t;
+    n_done++;
+}
+
+/* Restart from a timer callback while queries are in flight. */
+static const char *g_script, *g_dir;
+static bool restarted;
+static void do_restart(loop_t *loop, loop_timer_t *t, void *arg)
+{
+    (void)loop;
+    (void)t;
+    (void)arg;
+    restarted = dbt_harness(g_script, "restart", g_dir) != NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_pg pg-harness.sh\n");
+        return 2;
+    }
+    char tmpl[] = "/tmp/shop-pg-XXXXXX";
+    if (mkdtemp(tmpl) == NULL || chmod(tmpl, 0711) != 0) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/pg", tmpl);
+    g_script = argv[1];
+    g_dir = dir;
+    const char *ci = dbt_harness(argv[1], "start", dir);
+    if (!tap_check(ci != NULL && *ci != '\0', "private cluster started: %s", ci ? ci : "(failed)")) {
+        rmdir(tmpl);
+        return tap_done();
+    }
+    char conninfo[512];
+    snprintf(conninfo, sizeof conninfo, "%s", ci);
+    tap_check(dbt_trace_init() == 0, "trace_init with a span sink");
+
+    loop_t *loop;
+    if (loop_create(&loop, NULL) != 0)
+        return 1;
+    pg_options_t po = {.conninfo = conninfo, .pool_size = 4, .statement_timeout_ms = 1000,
+                       .query_timeout_ms = 10000};
+    tap_check(pg_pool_create(loop, &po, &pool) == 0, "pool of 4 created");
+    tap_check(dbt_run_until(loop, pool_ready4, NULL, 10000), "4 connections ready");
+
+    /* --- schema --- */
+    reset();
+    q("CREATE TABLE items (id int PRIMARY KEY, name text)", 0, NULL, "CREATE TABLE", "items");
+    tap_check(run_n(loop, 1, 5000) && n_ok == 1, "CREATE TABLE items");
+
+    /* --- 1000 concurrent queries --- */
+    reset();
+    uint64_t t0 = loop_now_ns();
+    for (long i = 0; i < 1000; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "%ld", i);
+        const char *vals[] = {v};
+        pg_query_opts_t o = {.operation = "SELECT"};
+        pg_query(pool, "SELECT $1::int * 2", 1, vals, NULL, NULL, &o, on_double, (void *)(intptr_t)i);
+    }
+    bool fin = run_n(loop, 1000, 30000);
+    tap_check(fin && n_ok == 1000 && n_bad == 0, "1000 concurrent queries on 4 connections: %d ok, %d bad (%.0f ms)",
+              n_ok, n_bad, (double)(loop_now_ns() - t0) / 1e6);
+
+    /* --- parameters with quotes and unicode --- */
+    reset();
+    const char *ins[] = {"1", tricky};
+    q("INSERT INTO items (id, name) VALUES ($1, $2)", 2, ins, "INSERT", "items");
+    run_n(loop, 1, 5000);
+    tap_check(n_ok == 1, "INSERT with quotes, backslash, ; and unicode as a parameter");
+    reset();
+    const char *sel[] = {"1"};
+    q("SELECT name FROM items WHERE id = $1", 1, sel, "SELECT", "items");
+    run_n(loop, 1, 5000);
+    tap_check(n_ok == 1 && strcmp(last_value, tricky) == 0, "value round-trips unchanged: %s", last_value);
+    reset();
+    const char *sel2[] = {tricky};
+    q("SELECT count(*) FROM items WHERE name = $1", 1, sel2, "SELECT", "items");
+    run_n(loop, 1, 5000);
+    tap_check(n_ok == 1 && strcmp(last_value, "1") == 0, "WHERE name = $1 matches the tricky value");
+
+    /* --- server error --- */
+    reset();
+    q("SELECT * FROM no_such_table", 0, NULL, "SELECT", "no_such_table");
+    run_n(loop, 1, 5000);
+    tap_check(last_status == PG_ERR_SERVER, "unknown table: PG_ERR_SERVER (%s)", pg_strerror(last_status));
+
+    /* --- timeouts --- */
+    reset();
+    pg_query_opts_t to = {.operation = "SELECT", .timeout_ms = 300};
+    t0 = loop_now_ns();
+    pg_query(pool, "SELECT pg_sleep(5)", 0, NULL, NULL, NULL, &to, on_res, NULL);
+    run_n(loop, 1, 5000);
+    double ms = (double)(loop_now_ns() - t0) / 1e6;
+    tap_check(last_status == PG_ERR_TIMEOUT && ms < 900, "local timeout 300 ms: PG_ERR_TIMEOUT after %.0f ms", ms);
+    reset();
+    t0 = loop_now_ns();
+    q("SELECT pg_sleep(3)", 0, NULL, "SELECT", NULL);
+    run_n(loop, 1, 5000);
+    ms = (double)(loop_now_ns() - t0) / 1e6;
+    tap_check(last_status == PG_ERR_TIMEOUT && ms < 2500,
+              "statement_timeout 1000 ms (server side): PG_ERR_TIMEOUT after %.0f ms", ms);
+    reset();
+    for (int i = 0; i < 8; i++)
+        q("SELECT 1", 0, NULL, "SELECT", NULL);
+    run_n(loop, 8, 5000);
+    tap_check(n_ok == 8, "connections usable after timeouts: %d/8 ok", n_ok);
+
+    /* --- transactions --- */
+    reset();
+    pg_txn_begin(pool, NULL, on_begin, NULL);
+    run_n(loop, 1, 5000);
+    tap_check(txn_status == 0 && txn != NULL, "BEGIN");
+    if (txn != NULL) {
+        reset();
+        const char *v2[] = {"2", "committed"};
+        pg_txn_query(txn, "INSERT INTO items (id, name) VALUES ($1, $2)", 2, v2, NULL, NULL, NULL, on_res, NULL);
+        pg_txn_end(txn, true, on_res, NULL);
+        run_n(loop, 2, 5000);
+        tap_check(n_ok == 2, "INSERT + COMMIT");
+    }
+    reset();
+    txn = NULL;
+    pg_txn_begin(pool, NULL, on_begin, NULL);
+    run_n(loop, 1, 5000);
+    if (txn != NULL) {
+        reset();
+        const char *v3[] = {"3", "rolled back"};
+        pg_txn_query(txn, "INSERT INTO items (id, name) VALUES ($1, $2)", 2, v3, NULL, NULL, NULL, on_res, NULL);
+        pg_txn_end(txn, false, on_res, NULL);
+        run_n(loop, 2, 5000);
+        tap_check(n_ok == 2, "INSERT + ROLLBACK");
+    } else {
+        tap_check(0, "second BEGIN");
+    }
+    reset();
+    q("SELECT string_agg(id::text, ',' ORDER BY id) FROM items", 0, NULL, "SELECT", "items");
+    run_n(loop, 1, 5000);
+    tap_check(strcmp(last_value, "1,2") == 0, "committed row visible, rolled-back row absent: %s", last_value);
+
+    /* --- restart mid-run --- */
+    reset();
+    pg_counters_t c0;
+    pg_pool_counters(pool, &c0);
+    for (int i = 0; i < 4; i++)
+        q("SELECT pg_sleep(0.9)", 0, NULL, "SELECT", NULL);
+    loop_timer_t rt;
+    loop_timer_init(&rt);
+    loop_timer_start(loop, &rt, 300u * 1000000u, 0, do_restart, NULL);
+    run_n(loop, 4, 15000);
+    tap_check(restarted, "server restarted (pg_ctl restart -m fast) while 4 queries ran");
+    tap_check(n_conn == 4, "in-flight queries failed with PG_ERR_CONNECTION: %d/4 (ok %d, timeout %d)", n_conn,
+              n_ok, n_timeout);
+    reset();
+    for (int i = 0; i < 20; i++)
+        q("SELECT count(*) FROM items", 0, NULL, "SELECT", "items");
+    run_n(loop, 20, 15000);
+    tap_check(n_ok == 20, "20 later queries succeed after reconnect: %d", n_ok);
+    bool all_back = dbt_run_until(loop, pool_ready4, NULL, 10000);
+    pg_counters_t c1;
+    pg_pool_counters(pool, &c1);
+    tap_check(all_back && c1.conn_lost - c0.conn_lost == 4 && pg_pool_ready(pool) == 4,
+              "4 connections lost and re-established (lost %llu, ready %u)",
+              (unsigned long long)(c1.conn_lost - c0.conn_lost), pg_pool_ready(pool));
+
+    /* --- spans --- */
+    pg_counters_t cf;
+    pg_pool_counters(pool, &cf);
+    int npg = 0, bad_attr = 0, leaked = 0, named = 0, err_ok = 0, err_spans = 0;
+    for (int i = 0; i < dbt_nspans; i++) {
+        const dbt_span_t *s = &dbt_spans[i];
+        const char *sys = dbt_attr(s, "db.system.name");
+        if (sys == NULL || strcmp(sys, "postgresql") != 0)
+            continue;
+        npg++;
+        const char *qt = dbt_attr(s, "db.query.text"), *ns = dbt_attr(s, "db.namespace");
+        const char *op = dbt_attr(s, "db.operation.name"), *port = dbt_attr(s, "server.port");
+        if (s->kind != TRACE_KIND_CLIENT || qt == NULL || ns == NULL || strcmp(ns, "postgres") != 0 ||
+            op == NULL || port == NULL || dbt_attr(s, "server.address") == NULL)
+            bad_attr++;
+        if (qt != NULL && (strstr(qt, "O'Reilly") != NULL || strstr(qt, "日本") != NULL))
+            leaked++;
+        const char *coll = dbt_attr(s, "db.collection.name");
+        if (coll != NULL && strcmp(coll, "items") == 0 && strncmp(s->name, op, strlen(op)) == 0 &&
+            strstr(s->name, " items") != NULL)
+            named++;
+        if (s->status == TRACE_STATUS_ERROR) {
+            err_spans++;
+            err_ok += dbt_attr(s, "error.type") != NULL;
+        }
+    }
+    tap_check((uint64_t)npg == cf.queries, "one CLIENT span per query: %d spans, %llu queries", npg,
+              (unsigned long long)cf.queries);
+    tap_check(bad_attr == 0, "every span has db.system.name, db.namespace, db.operation.name, db.query.text, "
+                             "server.address/port (%d bad)", bad_attr);
+    tap_check(leaked == 0, "no parameter value in any db.query.text (%d leaked)", leaked);
+    tap_check(named >= 5, "spans named \"{operation} items\" when the collection is given (%d)", named);
+    tap_check(err_spans >= 7 && err_ok == err_spans, "error spans carry error.type: %d/%d", err_ok, err_spans);
+
+    pg_pool_destroy(pool);
+    loop_destroy(loop);
+    trace_shutdown();
+    dbt_harness(argv[1], "stop", dir);
+    rmdir(tmpl);
+    return tap_done();
+}
