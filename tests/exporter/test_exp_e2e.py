@@ -156,8 +156,86 @@ def main():
     except subprocess.TimeoutExpired:
         cap.kill()
     subprocess.run(['rm', '-f', f'/dev/shm{ring}'])
+    faults(exporter, producer, root, py, tmp)
     print(f'1..{n}')
     return 1 if failed else 0
+
+
+def scrape(port):
+    text = urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5).read().decode()
+    vals = {}
+    for line in text.splitlines():
+        if line and not line.startswith('#'):
+            k, v = line.rsplit(' ', 1)
+            vals[k] = float(v)
+    return vals
+
+
+def faults(exporter, producer, root, py, tmp):
+    """Collector down at start, then UNAVAILABLE, a partial success and a
+    non-retryable refusal: every span is exported or counted dropped."""
+    import socket
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    ring = f'/shop-test-exp-fault-{os.getpid()}'
+    out = os.path.join(tmp, 'fault.jsonl')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('OTEL_', 'SHOP_'))}
+    env.update({'SHOP_CONFIG': '/dev/null', 'SHOP_RING_NAME': ring,
+                'OTEL_EXPORTER_OTLP_ENDPOINT': f'http://127.0.0.1:{port}', 'OTEL_BSP_SCHEDULE_DELAY': '50',
+                'OTEL_BSP_MAX_EXPORT_BATCH_SIZE': '100', 'OTEL_BSP_MAX_QUEUE_SIZE': '300',
+                'SHOP_EXPORTER_METRICS_ADDRESS': '127.0.0.1', 'SHOP_EXPORTER_METRICS_PORT': '0'})
+    exp = subprocess.Popen([exporter], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    m, log = wait_line(exp, r'/metrics on [0-9.]+:(\d+)', 20)
+    mport = int(m.group(1)) if m else 0
+    rc = subprocess.run([producer, ring, 'fault', '1000']).returncode
+    check(rc == 0 and mport, 'faults: exporter up, 1000 spans written, collector still down')
+    time.sleep(1.5)
+    v = scrape(mport)
+    check(v.get('shop_exporter_export_failures_total', 0) >= 1 and v.get('shop_exporter_spans_exported_total') == 0,
+          'collector down at start: exports fail, nothing lost or exported yet')
+    cap = subprocess.Popen([py, os.path.join(root, 'tests', 'py', 'otlp_capture.py'), '--listen',
+                            f'127.0.0.1:{port}', '--out', out, '--script', 'UNAVAILABLE,PARTIAL:5:too old,INVALID_ARGUMENT'],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_line(cap, r'listening on', 30)
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        v = scrape(mport)
+        if v.get('shop_ring_spans_in_ring', 1) == 0 and v.get('shop_exporter_queue_spans', 1) == 0:
+            break
+        time.sleep(0.2)
+    rej = v.get('shop_ring_spans_dropped_total{reason="rejected"}', -1)
+    exp_n = v.get('shop_ring_spans_exported_total', -1)
+    check(v.get('shop_ring_spans_written_total') == 1000 and exp_n == 895 and rej == 105,
+          f'faults: written 1000 = exported {exp_n:.0f} + rejected {rej:.0f} (5 partial + 100 refused)')
+    check(v.get('shop_exporter_partial_rejected_spans_total') == 5 and v.get('shop_exporter_retries_total', 0) >= 1,
+          'partial_success counted; UNAVAILABLE retried')
+    names = set()
+    dup = 0
+    with open(out) as f:
+        for line in f:
+            c = json.loads(line)
+            if c['answer'] in ('OK',) or c['answer'].startswith('PARTIAL'):
+                for rs in c['request'].get('resource_spans', []):
+                    for ss in rs.get('scope_spans', []):
+                        for sp in ss.get('spans', []):
+                            dup += sp['name'] in names
+                            names.add(sp['name'])
+    check(len(names) == 900 and dup == 0, f'accepted calls carried 900 distinct spans, none twice ({len(names)}, {dup})')
+    exp.send_signal(signal.SIGTERM)
+    try:
+        rc = exp.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        exp.kill()
+        rc = -9
+    check(rc == 0, f'faults: SIGTERM exit 0 ({rc})')
+    cap.send_signal(signal.SIGTERM)
+    try:
+        cap.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        cap.kill()
+    subprocess.run(['rm', '-f', f'/dev/shm{ring}'])
 
 
 if __name__ == '__main__':
