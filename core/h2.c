@@ -17,18 +17,30 @@
  * stream) so a response of the maximum message size is not throttled by
  * the default 64 KiB round trips.
  *
+ * TLS (optional): OpenSSL runs over two memory BIOs, never over the
+ * socket, so the loop keeps owning all I/O: received bytes are written
+ * into the read BIO and pulled out with SSL_read(); our frames go through
+ * SSL_write() and the write BIO is drained into loop writes.  The HTTP/2
+ * session starts only after the handshake selected ALPN "h2" (RFC 9113
+ * section 3.2: h2 over TLS is negotiated, never assumed).
+ *
  * Socket back-pressure: when more than H2__MAX_QUEUED bytes sit in the
  * loop's write queue the hook stops pulling frames; the write completion
  * wakes the loop and the next iteration's hook continues.
  */
 #include "h2.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #define H2__MAX_QUEUED (4u << 20)        /* bytes in the loop's write queue before pausing */
 #define H2__BATCH_MAX (1u << 20)         /* bytes gathered per hook run */
@@ -37,6 +49,7 @@
 
 typedef enum {
     H2__CONNECTING = 1,
+    H2__HANDSHAKE, /* TCP up, TLS handshake running */
     H2__OPEN,
     H2__DOWN, /* session deleted, loop_conn_close() called; waiting for the close callback */
 } h2__state_t;
@@ -68,6 +81,11 @@ struct st_h2_conn_t {
     bool ping_outstanding;
     loop_timer_t ka_timer;
     h2__stream_t streams; /* list head (sentinel) */
+    SSL_CTX *tls;         /* borrowed; NULL = plaintext */
+    SSL *ssl;             /* owns its two memory BIOs */
+    BIO *rbio, *wbio;     /* network -> OpenSSL, OpenSSL -> network */
+    char tls_name[256];
+    char why[192];        /* cause of the last failure, for on_down */
     h2_counters_t ctr;
     uint8_t *wbuf;
     size_t wlen, wcap;
@@ -112,8 +130,12 @@ static void h2__down(h2_conn_t *h, int status)
         h->ng = NULL;
     }
     h2__free_streams(h);
+    if (h->ssl) {
+        SSL_free(h->ssl);
+        h->ssl = NULL;
+    }
     if (!h->silent && h->cbs.on_down)
-        h->cbs.on_down(h, status, h->arg);
+        h->cbs.on_down(h, status, h->why, h->arg);
     loop_conn_close(h->conn, h2__on_close);
 }
 
@@ -123,6 +145,49 @@ static void h2__check_done(h2_conn_t *h)
 {
     if (h->state == H2__OPEN && !nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
         h2__down(h, 0);
+}
+
+/* Records why the connection fails (first cause wins), with the OpenSSL
+ * error queue when there is one. */
+static void h2__why(h2_conn_t *h, const char *what)
+{
+    if (h->why[0])
+        return;
+    unsigned long e = ERR_get_error();
+    char ebuf[128] = "";
+    if (e)
+        ERR_error_string_n(e, ebuf, sizeof ebuf);
+    if (h->ssl && SSL_get_verify_result(h->ssl) != X509_V_OK)
+        snprintf(ebuf, sizeof ebuf, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(SSL_get_verify_result(h->ssl)));
+    snprintf(h->why, sizeof h->why, "%s%s%s", what, ebuf[0] ? ": " : "", ebuf);
+    ERR_clear_error();
+}
+
+/* Moves whatever OpenSSL produced into the loop's write queue. */
+static int h2__tls_flush(h2_conn_t *h)
+{
+    char buf[16384];
+    int n;
+    while ((n = BIO_read(h->wbio, buf, sizeof buf)) > 0) {
+        int rc = loop_conn_write_copy(h->conn, buf, (size_t)n);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Sends HTTP/2 bytes: straight to the socket, or through TLS. */
+static int h2__send(h2_conn_t *h, const uint8_t *data, size_t len)
+{
+    if (!h->ssl)
+        return loop_conn_write_copy(h->conn, data, len);
+    /* Memory BIO: SSL_write never blocks and writes everything. */
+    if (SSL_write(h->ssl, data, (int)len) != (int)len) {
+        h2__why(h, "SSL_write");
+        return -EPROTO;
+    }
+    return h2__tls_flush(h);
 }
 
 static void h2__hook(loop_t *loop, void *arg)
@@ -161,7 +226,7 @@ static void h2__hook(loop_t *loop, void *arg)
             break;
     }
     if (h->wlen) {
-        int rc = loop_conn_write_copy(h->conn, h->wbuf, h->wlen);
+        int rc = h2__send(h, h->wbuf, h->wlen);
         if (rc < 0) {
             h2__down(h, rc);
             return;
@@ -172,11 +237,73 @@ static void h2__hook(loop_t *loop, void *arg)
     h2__check_done(h);
 }
 
+static int h2__start_session(h2_conn_t *h);
+
+/* Feeds received bytes to nghttp2.  Returns 0 or -errno (connection dead). */
+static int h2__recv_plain(h2_conn_t *h, const uint8_t *buf, size_t n)
+{
+    ssize_t rv = nghttp2_session_mem_recv(h->ng, buf, n);
+    if (rv < 0) {
+        snprintf(h->why, sizeof h->why, "HTTP/2 protocol error: %s", nghttp2_strerror((int)rv));
+        return -EPROTO;
+    }
+    return 0;
+}
+
+static int h2__recv_tls(h2_conn_t *h, const uint8_t *buf, size_t n)
+{
+    if (BIO_write(h->rbio, buf, (int)n) != (int)n)
+        return -ENOMEM;
+    if (h->state == H2__HANDSHAKE) {
+        int rc = SSL_do_handshake(h->ssl);
+        int flush = h2__tls_flush(h);
+        if (flush < 0)
+            return flush;
+        if (rc <= 0) {
+            if (SSL_get_error(h->ssl, rc) == SSL_ERROR_WANT_READ)
+                return 0;
+            h2__why(h, "TLS handshake failed");
+            return -ECONNABORTED;
+        }
+        const unsigned char *alpn = NULL;
+        unsigned alen = 0;
+        SSL_get0_alpn_selected(h->ssl, &alpn, &alen);
+        if (alen != 2 || memcmp(alpn, "h2", 2) != 0) {
+            snprintf(h->why, sizeof h->why, "TLS peer did not select ALPN h2");
+            return -EPROTO;
+        }
+        rc = h2__start_session(h);
+        if (rc < 0)
+            return rc;
+    }
+    uint8_t plain[16384];
+    for (;;) {
+        int r = SSL_read(h->ssl, plain, sizeof plain);
+        if (r > 0) {
+            int rc = h2__recv_plain(h, plain, (size_t)r);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        int e = SSL_get_error(h->ssl, r);
+        if (e == SSL_ERROR_WANT_READ)
+            break;
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            snprintf(h->why, sizeof h->why, "TLS close_notify");
+            return -ECONNRESET;
+        }
+        h2__why(h, "SSL_read");
+        return -EPROTO;
+    }
+    /* Reading can make OpenSSL write (key updates, session tickets ack). */
+    return h2__tls_flush(h);
+}
+
 static void h2__on_read(loop_conn_t *conn, ssize_t n, const void *buf, void *data)
 {
     (void)conn;
     h2_conn_t *h = data;
-    if (h->state != H2__OPEN)
+    if (h->state != H2__OPEN && h->state != H2__HANDSHAKE)
         return;
     if (n <= 0) {
         /* EOF without GOAWAY: the peer went away; streams are lost. */
@@ -185,9 +312,11 @@ static void h2__on_read(loop_conn_t *conn, ssize_t n, const void *buf, void *dat
     }
     h->ctr.bytes_received += (uint64_t)n;
     h->last_rx_ns = loop_now_ns();
-    ssize_t rv = nghttp2_session_mem_recv(h->ng, buf, (size_t)n);
-    if (rv < 0) {
-        h2__down(h, -EPROTO);
+    int rc = h->ssl ? h2__recv_tls(h, buf, (size_t)n) : h2__recv_plain(h, buf, (size_t)n);
+    if (rc < 0) {
+        if (h->state == H2__HANDSHAKE && !h->silent && h->cbs.on_connect)
+            h->cbs.on_connect(h, rc, h->arg);
+        h2__down(h, rc);
         return;
     }
     h2__check_done(h);
@@ -317,6 +446,54 @@ static int h2__session_new(h2_conn_t *h)
     return rc == 0 ? 0 : -ENOMEM;
 }
 
+/* HTTP/2 session on an established (and, with TLS, handshaken) transport. */
+static int h2__start_session(h2_conn_t *h)
+{
+    int status = h2__session_new(h);
+    if (status == 0)
+        status = loop_hook_add(h->loop, h2__hook, h);
+    if (status < 0)
+        return status;
+    h->hooked = true;
+    h->state = H2__OPEN;
+    h->last_rx_ns = loop_now_ns();
+    if (h->keepalive_ns)
+        (void)loop_timer_start(h->loop, &h->ka_timer, h->keepalive_ns, h->keepalive_ns, h2__ka_tick, h);
+    if (!h->silent && h->cbs.on_connect)
+        h->cbs.on_connect(h, 0, h->arg);
+    return 0;
+}
+
+static int h2__tls_start(h2_conn_t *h)
+{
+    h->ssl = SSL_new(h->tls);
+    h->rbio = BIO_new(BIO_s_mem());
+    h->wbio = BIO_new(BIO_s_mem());
+    if (!h->ssl || !h->rbio || !h->wbio) {
+        BIO_free(h->rbio);
+        BIO_free(h->wbio);
+        h2__why(h, "SSL_new");
+        return -ENOMEM;
+    }
+    SSL_set_bio(h->ssl, h->rbio, h->wbio); /* the SSL owns both now */
+    SSL_set_connect_state(h->ssl);
+    unsigned char addr[16];
+    bool is_ip = inet_pton(AF_INET, h->tls_name, addr) == 1 || inet_pton(AF_INET6, h->tls_name, addr) == 1;
+    if (is_ip) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(h->ssl), h->tls_name);
+    } else {
+        SSL_set_tlsext_host_name(h->ssl, h->tls_name);
+        SSL_set1_host(h->ssl, h->tls_name);
+    }
+    h->state = H2__HANDSHAKE;
+    int rc = SSL_do_handshake(h->ssl);
+    if (rc <= 0 && SSL_get_error(h->ssl, rc) != SSL_ERROR_WANT_READ) {
+        h2__why(h, "TLS handshake start");
+        return -ECONNABORTED;
+    }
+    return h2__tls_flush(h);
+}
+
 static void h2__on_connect(loop_conn_t *conn, int status, void *data)
 {
     h2_conn_t *h = data;
@@ -327,27 +504,20 @@ static void h2__on_connect(loop_conn_t *conn, int status, void *data)
         /* Small frames (HEADERS, WINDOW_UPDATE, PING ACK) must not wait for
          * Nagle: gRPC latency is per call. */
         (void)setsockopt(loop_conn_fd(conn), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        status = h2__session_new(h);
+        status = loop_conn_read_start(conn, h2__on_read);
         if (status == 0)
-            status = loop_conn_read_start(conn, h2__on_read);
+            status = h->tls ? h2__tls_start(h) : h2__start_session(h);
         if (status == 0)
-            status = loop_hook_add(h->loop, h2__hook, h);
-        if (status == 0) {
-            h->hooked = true;
-            h->state = H2__OPEN;
-            h->last_rx_ns = loop_now_ns();
-            if (h->keepalive_ns)
-                (void)loop_timer_start(h->loop, &h->ka_timer, h->keepalive_ns, h->keepalive_ns, h2__ka_tick, h);
-        }
+            return; /* on_connect(0) ran, or runs when the handshake ends */
     }
     if (!h->silent && h->cbs.on_connect)
         h->cbs.on_connect(h, status, h->arg);
-    if (status != 0)
-        h2__down(h, status);
+    h2__down(h, status);
 }
 
 int h2_conn_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t connect_timeout_ns,
-                    uint64_t keepalive_ns, const h2_callbacks_t *cbs, void *arg, h2_conn_t **out)
+                    uint64_t keepalive_ns, SSL_CTX *tls, const char *tls_name, const h2_callbacks_t *cbs,
+                    void *arg, h2_conn_t **out)
 {
     h2_conn_t *h = calloc(1, sizeof *h);
     if (!h)
@@ -357,6 +527,8 @@ int h2_conn_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t connec
     h->arg = arg;
     h->state = H2__CONNECTING;
     h->keepalive_ns = keepalive_ns;
+    h->tls = tls;
+    snprintf(h->tls_name, sizeof h->tls_name, "%s", tls_name ? tls_name : ip);
     h->streams.next = h->streams.prev = &h->streams;
     loop_timer_init(&h->ka_timer);
     int rc = loop_connect(loop, ip, port, connect_timeout_ns, h2__on_connect, h, &h->conn);
@@ -427,7 +599,8 @@ void h2_conn_close(h2_conn_t *h)
         nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
         ssize_t n;
         while ((n = nghttp2_session_mem_send(h->ng, &data)) > 0)
-            (void)loop_conn_write_copy(h->conn, data, (size_t)n);
+            if (h2__send(h, data, (size_t)n) < 0)
+                break;
     }
     h2__down(h, 0);
 }

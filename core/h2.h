@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
 
 #include "loop.h"
 
@@ -42,9 +43,11 @@ typedef struct st_h2_callbacks_t {
      * REFUSED_STREAM (never processed, safe to retry). */
     void (*on_goaway)(h2_conn_t *h, int32_t last_sid, uint32_t h2_error, void *arg);
     /* The connection is gone (status 0 after a drained GOAWAY, else
-     * -errno); streams still open get no on_stream_close: the owner fails
-     * them.  The h2_conn_t is freed later, asynchronously. */
-    void (*on_down)(h2_conn_t *h, int status, void *arg);
+     * -errno); why is a readable cause ("" if none beyond status; TLS
+     * failures name the OpenSSL error).  Streams still open get no
+     * on_stream_close: the owner fails them.  The h2_conn_t is freed later,
+     * asynchronously. */
+    void (*on_down)(h2_conn_t *h, int status, const char *why, void *arg);
 } h2_callbacks_t;
 
 typedef struct st_h2_counters_t {
@@ -53,10 +56,15 @@ typedef struct st_h2_counters_t {
 
 /* Starts a TCP connect and an HTTP/2 session.  keepalive_ns: PING after
  * that long without received bytes (0 = off); a PING unanswered by the next
- * tick closes the connection (-ETIMEDOUT).  Errors: -ENOMEM, -EINVAL
- * (address), -errno of loop_connect(). */
+ * tick closes the connection (-ETIMEDOUT).  tls: NULL for h2c (prior
+ * knowledge), else a client SSL_CTX (borrowed: it must outlive the
+ * connection) offering ALPN "h2"; tls_name is the server name sent as SNI
+ * and verified (an IP literal is verified as an IP and sends no SNI, RFC
+ * 6066 section 3).  on_connect(0) comes after the TLS handshake.
+ * Errors: -ENOMEM, -EINVAL (address), -errno of loop_connect(). */
 int h2_conn_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t connect_timeout_ns,
-                    uint64_t keepalive_ns, const h2_callbacks_t *cbs, void *arg, h2_conn_t **out);
+                    uint64_t keepalive_ns, SSL_CTX *tls, const char *tls_name, const h2_callbacks_t *cbs,
+                    void *arg, h2_conn_t **out);
 
 /* Submits a request stream with headers nva (copied) and body (NOT copied:
  * it must stay valid until on_stream_close or on_down for this stream).

@@ -32,8 +32,44 @@ static char g_dir[64], g_out[128], g_ctl[128], g_log[128];
 static pid_t g_srv = -1;
 static unsigned g_script_gen;
 static loop_t *g_loop;
+static int g_port;
 
 /* ------------------------------------------------------------- the server */
+
+/* Runs argv (NULL-terminated) with stdout on a pipe until it prints
+ * "listening on PORT"; returns PORT or -1.  *pid gets the child. */
+static int spawn_listener(char *const argv[], pid_t *pid_out)
+{
+    int fds[2];
+    if (pipe(fds) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        int logfd = open(g_log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (logfd >= 0)
+            dup2(logfd, 2);
+        close(fds[0]);
+        execv(argv[0], argv);
+        perror("execv(python)");
+        _exit(127);
+    }
+    close(fds[1]);
+    *pid_out = pid;
+    FILE *f = fdopen(fds[0], "r");
+    char line[256];
+    int got = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned p;
+        if (sscanf(line, "listening on %u", &p) == 1) {
+            got = (int)p;
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    return got;
+}
 
 static int server_start(uint16_t port)
 {
@@ -255,6 +291,82 @@ static void test_helpers(void)
 
 /* ------------------------------------------------------------------ cases */
 
+/* TLS: certificates made with the openssl CLI in the temp dir, servers
+ * from tests/grpc/tls_server.py (grpcio with ssl_server_credentials). */
+static void test_tls(const uint8_t *req, size_t len)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && exec >>server.log 2>&1 && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca && "
+             "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext && "
+             "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost && "
+             "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile san.ext && "
+             "openssl req -newkey rsa:2048 -nodes -keyout cli.key -out cli.csr -subj /CN=client && "
+             "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2",
+             g_dir);
+    if (!tap_check(system(cmd) == 0, "test certificates made with openssl"))
+        return;
+    char py[1024], srv[1024], cert[160], key[160], ca[160], ccert[160], ckey[160];
+    snprintf(py, sizeof py, "%s/var/venv/bin/python", g_root);
+    snprintf(srv, sizeof srv, "%s/tests/grpc/tls_server.py", g_root);
+    snprintf(cert, sizeof cert, "%s/srv.pem", g_dir);
+    snprintf(key, sizeof key, "%s/srv.key", g_dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", g_dir);
+    snprintf(ccert, sizeof ccert, "%s/cli.pem", g_dir);
+    snprintf(ckey, sizeof ckey, "%s/cli.key", g_dir);
+    pid_t p1 = -1, p2 = -1;
+    char *a1[] = {py, srv, (char *)"--cert", cert, (char *)"--key", key, NULL};
+    char *a2[] = {py, srv, (char *)"--cert", cert, (char *)"--key", key, (char *)"--client-ca", ca, NULL};
+    int port1 = spawn_listener(a1, &p1), port2 = spawn_listener(a2, &p2);
+    if (tap_check(port1 > 0 && port2 > 0, "TLS servers listening on %d and %d (mTLS)", port1, port2)) {
+        struct {
+            const char *what;
+            uint16_t port;
+            grpc_channel_opts_t o;
+            int want;
+            const char *msg;
+        } cases[] = {
+            {"TLS, CA file, IP SAN", (uint16_t)port1, {.tls = true, .tls_ca_file = ca}, GRPC_STATUS_OK, NULL},
+            {"TLS, authority localhost (SNI + DNS SAN)", (uint16_t)port1,
+             {.tls = true, .tls_ca_file = ca, .authority = "localhost:4317"}, GRPC_STATUS_OK, NULL},
+            {"TLS, system store rejects the test CA", (uint16_t)port1, {.tls = true}, GRPC_STATUS_UNAVAILABLE,
+             "certificate verify failed"},
+            {"TLS, wrong name", (uint16_t)port1, {.tls = true, .tls_ca_file = ca, .authority = "other.example:1"},
+             GRPC_STATUS_UNAVAILABLE, "certificate verify failed"},
+            {"TLS, insecure_skip_verify", (uint16_t)port1, {.tls = true, .tls_insecure_skip_verify = true},
+             GRPC_STATUS_OK, NULL},
+            {"mTLS with a client certificate", (uint16_t)port2,
+             {.tls = true, .tls_ca_file = ca, .tls_cert_file = ccert, .tls_key_file = ckey}, GRPC_STATUS_OK, NULL},
+            {"mTLS server, no client certificate", (uint16_t)port2, {.tls = true, .tls_ca_file = ca},
+             GRPC_STATUS_UNAVAILABLE, NULL},
+            {"TLS client to a plaintext server", (uint16_t)g_port, {.tls = true, .tls_insecure_skip_verify = true},
+             GRPC_STATUS_UNAVAILABLE, NULL},
+        };
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            grpc_channel_t *ch;
+            char err[256];
+            result_t r = {.status = -1};
+            int rc = grpc_channel_new(g_loop, "127.0.0.1", cases[i].port, &cases[i].o, &ch, err, sizeof err);
+            if (rc == 0) {
+                call(ch, req, len, false, 5000 * MS, &r);
+                grpc_channel_free(ch);
+            }
+            tap_check(rc == 0 && r.status == cases[i].want && (!cases[i].msg || strstr(r.message, cases[i].msg)),
+                      "%s -> %s '%s' %s", cases[i].what, grpc_status_name(r.status), r.message, err);
+        }
+        grpc_channel_opts_t bad = {.tls = true, .tls_ca_file = "/nonexistent/ca.pem"};
+        grpc_channel_t *ch;
+        char err[256];
+        int rc = grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port1, &bad, &ch, err, sizeof err);
+        tap_check(rc == -ENOENT && strstr(err, "tls_ca_file"), "missing CA file refused: %d '%s'", rc, err);
+    }
+    if (p1 > 0)
+        kill(p1, SIGKILL), waitpid(p1, NULL, 0);
+    if (p2 > 0)
+        kill(p2, SIGKILL), waitpid(p2, NULL, 0);
+}
+
 static uint16_t free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -297,6 +409,7 @@ int main(int argc, char **argv)
         return 1;
     }
     tap_diag("capture server on port %d, files in %s", port, g_dir);
+    g_port = port;
     if (loop_create(&g_loop, NULL) < 0) {
         printf("Bail out! loop_create\n");
         return 1;
@@ -449,11 +562,10 @@ int main(int argc, char **argv)
     grpc_channel_free(dead);
     free(req);
 
-    /* 11. TLS is refused cleanly for now */
-    grpc_channel_opts_t to = {.tls = true};
-    grpc_channel_t *tch = NULL;
-    rc = grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port, &to, &tch, err, sizeof err);
-    tap_check(rc == -ENOTSUP && strstr(err, "TLS"), "tls = true refused: %d '%s'", rc, err);
+    /* 11. TLS */
+    req = make_request(8, 0, &len, b64, sizeof b64);
+    test_tls(req, len);
+    free(req);
 
     /* 12. free with a call in flight: CANCELLED, exactly once */
     set_script("HANG:5");
