@@ -242,6 +242,8 @@ static int h2__start_session(h2_conn_t *h);
 /* Feeds received bytes to nghttp2.  Returns 0 or -errno (connection dead). */
 static int h2__recv_plain(h2_conn_t *h, const uint8_t *buf, size_t n)
 {
+    /* HTTP/2 bytes, like bytes_sent, so TLS does not change the figures. */
+    h->ctr.bytes_received += n;
     ssize_t rv = nghttp2_session_mem_recv(h->ng, buf, n);
     if (rv < 0) {
         snprintf(h->why, sizeof h->why, "HTTP/2 protocol error: %s", nghttp2_strerror((int)rv));
@@ -310,7 +312,6 @@ static void h2__on_read(loop_conn_t *conn, ssize_t n, const void *buf, void *dat
         h2__down(h, n == 0 ? -ECONNRESET : (int)n);
         return;
     }
-    h->ctr.bytes_received += (uint64_t)n;
     h->last_rx_ns = loop_now_ns();
     int rc = h->ssl ? h2__recv_tls(h, buf, (size_t)n) : h2__recv_plain(h, buf, (size_t)n);
     if (rc < 0) {
