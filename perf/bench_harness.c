@@ -181,7 +181,8 @@ static int bench__map_ctl(int fd, bench_ctl_t **ctl, size_t *len)
 
 static uint32_t *bench__samples(bench_ctl_t *ctl, uint32_t k)
 {
-    return (uint32_t *)((char *)ctl + BENCH_CTL_BYTES) + (size_t)k * ctl->spans;
+    /* BENCH_CTL_BYTES keeps the sample area 64-byte aligned in the mapping */
+    return (uint32_t *)(void *)((char *)ctl + BENCH_CTL_BYTES) + (size_t)k * ctl->spans;
 }
 
 static int bench__producer_child(bench_ctl_t *ctl, uint32_t k, const bench_ops_t *ops)
