@@ -303,8 +303,10 @@ static span_t *otlp__span(otlp_encoder_t *e, const span_record_t *r, int *bad)
     uint32_t *ln_n = r->n_links ? otlp__alloc(e, r->n_links * sizeof *ln_n) : NULL;
     if ((r->n_events && !ev_n) || (r->n_links && !ln_n))
         return NULL;
-    memset(ev_n, 0, r->n_events * sizeof *ev_n);
-    memset(ln_n, 0, r->n_links * sizeof *ln_n);
+    if (ev_n) /* memset(NULL, 0, 0) is undefined behaviour (UBSan) */
+        memset(ev_n, 0, r->n_events * sizeof *ev_n);
+    if (ln_n)
+        memset(ln_n, 0, r->n_links * sizeof *ln_n);
     span_record_item_t it;
     uint32_t off = 0;
     int ev = -1, ln = -1, rc;
