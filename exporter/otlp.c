@@ -158,11 +158,16 @@ static any_t *otlp__value(otlp_encoder_t *e, const span_record_item_t *it)
     any_t *v = otlp__alloc(e, sizeof *v);
     if (!v)
         return NULL;
+    /* AnyValue.value is a oneof: "" must still be sent (field 1, length 0),
+     * but protobuf-c skips a oneof string that is protobuf_c_empty_string,
+     * which otlp__str returns for "": empty values use this one instead. */
+    static char oneof_empty[1];
     *v = (any_t)OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__INIT;
     switch (it->type) {
     case TRACE_ATTR_STRING:
         v->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_STRING_VALUE;
-        if (!(v->string_value = otlp__str(e, (const char *)it->value, it->value_len)))
+        v->string_value = it->value_len ? otlp__str(e, (const char *)it->value, it->value_len) : oneof_empty;
+        if (!v->string_value)
             return NULL;
         return v;
     case TRACE_ATTR_BOOL:
@@ -204,7 +209,8 @@ static any_t *otlp__value(otlp_encoder_t *e, const span_record_item_t *it)
             if (span_record_array_str(it, &off, &s) != 1)
                 return NULL;
             x->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_STRING_VALUE;
-            if (!(x->string_value = otlp__str(e, s.p, s.len)))
+            x->string_value = s.len ? otlp__str(e, s.p, s.len) : oneof_empty;
+            if (!x->string_value)
                 return NULL;
             break;
         }
