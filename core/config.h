@@ -65,6 +65,20 @@ typedef enum {
       NULL, "OTEL_SPAN_EVENT_COUNT_LIMIT", "events kept per span")                           \
     X(TRACING_LINK_COUNT, "tracing", "link_count_limit", CONFIG_T_INT, "128", 0, 4096,        \
       NULL, "OTEL_SPAN_LINK_COUNT_LIMIT", "links kept per span")                             \
+    X(KAFKA_BOOTSTRAP_SERVERS, "kafka", "bootstrap_servers", CONFIG_T_STR, "127.0.0.1:9092", \
+      1, 255, NULL, "", "host:port[,host:port...] of the brokers (shop-kafka-mock prints its own)") \
+    X(KAFKA_CLIENT_ID, "kafka", "client_id", CONFIG_T_STR, "shop-trace", 1, 255, NULL, "",    \
+      "client.id the producer sends (broker logs and quotas)")                               \
+    X(KAFKA_TOPIC, "kafka", "topic", CONFIG_T_STR, "order-events", 1, 249, NULL, "",          \
+      "topic the outbox relay publishes order events to")                                    \
+    X(KAFKA_DELIVERY_TIMEOUT, "kafka", "delivery_timeout", CONFIG_T_INT, "120000", 100,       \
+      86400000, NULL, "", "ms a message may wait for the broker's acknowledgement, retries included") \
+    X(KAFKA_LINGER, "kafka", "linger", CONFIG_T_INT, "5", 0, 60000, NULL, "",                \
+      "ms the producer waits to batch messages (below delivery_timeout)")                    \
+    X(KAFKA_RECONNECT_BACKOFF_MAX, "kafka", "reconnect_backoff_max", CONFIG_T_INT, "1000", 10, \
+      60000, NULL, "", "ms ceiling of the back-off between reconnects to a broker that is down") \
+    X(KAFKA_ACKS, "kafka", "acks", CONFIG_T_ENUM, "all", 0, 0, "all", "",                     \
+      "fixed: the idempotent producer needs every in-sync replica's acknowledgement")       \
     X(EXPORTER_ENDPOINT, "exporter", "endpoint", CONFIG_T_STR, "http://127.0.0.1:4317", 1, 255, \
       NULL, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",                                            \
       "OTLP/gRPC receiver, http[s]://numeric-ip:port (OTEL_EXPORTER_OTLP_ENDPOINT too)")     \
