@@ -105,7 +105,21 @@ typedef enum {
     X(EXPORTER_METRICS_PORT, "exporter", "metrics_port", CONFIG_T_INT, "9464", 0, 65535,      \
       NULL, "", "port of /metrics (0 = any free port, logged)")                               \
     X(EXPORTER_RING_ATTACH, "exporter", "ring_attach", CONFIG_T_ENUM, "wait", 0, 0,          \
-      "wait|create", "", "wait for a producer to create the ring, or create it")
+      "wait|create", "", "wait for a producer to create the ring, or create it")              \
+    X(POSTGRES_HOST, "postgres", "host", CONFIG_T_STR, "127.0.0.1", 1, 255, NULL, "",         \
+      "PostgreSQL server host name, address, or Unix socket directory (starts with '/')")    \
+    X(POSTGRES_PORT, "postgres", "port", CONFIG_T_INT, "5432", 1, 65535, NULL, "",            \
+      "PostgreSQL server port")                                                              \
+    X(POSTGRES_DBNAME, "postgres", "dbname", CONFIG_T_STR, "shop", 1, 63, NULL, "",           \
+      "database holding the shop tables (docs/DATA.md)")                                     \
+    X(POSTGRES_USER, "postgres", "user", CONFIG_T_STR, "shop", 1, 63, NULL, "",               \
+      "role to connect as; the password comes from PGPASSWORD or ~/.pgpass, never this file") \
+    X(POSTGRES_POOL_SIZE, "postgres", "pool_size", CONFIG_T_INT, "4", 1, 256, NULL, "",       \
+      "connections each service process keeps open")                                         \
+    X(POSTGRES_STATEMENT_TIMEOUT, "postgres", "statement_timeout", CONFIG_T_INT, "5000", 0,   \
+      3600000, NULL, "", "ms the server lets one statement run (0 = no limit)")              \
+    X(POSTGRES_CONNECT_TIMEOUT, "postgres", "connect_timeout", CONFIG_T_INT, "5000", 100,     \
+      600000, NULL, "", "ms one connection attempt may take")
 
 typedef enum {
 #define CONFIG__ENUM(id, ...) CONFIG_##id,
