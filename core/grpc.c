@@ -38,6 +38,8 @@
 #include <openssl/ssl.h>
 
 #include "buildconf.h"
+#include "core.h"
+#include "grpc_int.h"
 #include "h2.h"
 
 #define GRPC__USER_AGENT "shop-trace-grpc-c/" SHOP_VERSION
@@ -312,6 +314,7 @@ typedef struct st_grpc__call_t {
     uint8_t *response; /* decompressed (or pointing into rbody) */
     bool response_owned;
     grpc_result_t res;
+    trace_span_t *span; /* CLIENT span (grpc_call_unary_traced), else NULL; ended at finish */
 } grpc__call_t;
 
 struct st_grpc_channel_t {
@@ -443,7 +446,22 @@ static void grpc__call_free(grpc__call_t *c)
     free(c->details);
     if (c->response_owned)
         free(c->response);
+    free(c->span);
     free(c);
+}
+
+static const trace_scope_t grpc__scope = TRACE_SCOPE("shop.core.grpc", SHOP_VERSION);
+
+/* Client spans are Error for every non-OK code (semconv v1.37.0 rpc). */
+static void grpc__span_end(grpc__call_t *c, grpc_status_t status, const char *message)
+{
+    trace_span_t *s = c->span;
+    trace_span_set_int(s, "rpc.grpc.status_code", (int64_t)status);
+    if (status != GRPC_STATUS_OK) {
+        trace_span_set_str(s, "error.type", grpc_status_name((int)status));
+        trace_span_set_status(s, TRACE_STATUS_ERROR, message ? message : "", message ? strlen(message) : 0);
+    }
+    trace_span_end(s);
 }
 
 static void grpc__deliver(loop_t *loop, loop_timer_t *t, void *arg);
@@ -463,6 +481,8 @@ static void grpc__finish(grpc__call_t *c, grpc_status_t status, const char *mess
     }
     c->state = GRPC__CALL_DONE;
     c->conn = NULL;
+    if (c->span)
+        grpc__span_end(c, status, c->message);
     grpc__list_del(c);
     grpc__list_add(&ch->done, c);
     c->res.status = status;
@@ -619,9 +639,8 @@ static int grpc__on_data(h2_conn_t *h, int32_t sid, void *sdata, const uint8_t *
     return 0;
 }
 
-/* gunzip into a new buffer of at most max bytes.  Returns 0, -EMSGSIZE
- * (over max), -EBADMSG (corrupt), -ENOMEM. */
-static int grpc__gunzip(const uint8_t *in, size_t len, uint32_t max, uint8_t **out, size_t *outlen)
+/* gunzip (declared in grpc_int.h: the server uses it too). */
+int grpc__gunzip(const uint8_t *in, size_t len, uint32_t max, uint8_t **out, size_t *outlen)
 {
     z_stream zs;
     memset(&zs, 0, sizeof zs);
@@ -1006,8 +1025,74 @@ static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len)
     return 0;
 }
 
+static int grpc__call_start(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
+                            uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, trace_span_t *span,
+                            grpc_unary_cb cb, void *arg);
+
 int grpc_call_unary(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
                     uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, grpc_unary_cb cb, void *arg)
+{
+    return grpc__call_start(ch, path, msg, msg_len, gzip, timeout_ns, md, n_md, NULL, cb, arg);
+}
+
+/* trace_inject carrier: the call's metadata plus traceparent/tracestate. */
+typedef struct {
+    grpc_md_t *md;
+    size_t n, cap;
+} grpc__carrier_t;
+
+static int grpc__carrier_set(void *carrier, const char *name, const char *value, size_t vlen)
+{
+    grpc__carrier_t *c = carrier;
+    if (c->n == c->cap)
+        return -ENOSPC;
+    c->md[c->n++] = (grpc_md_t){.key = name, .value = (const uint8_t *)value, .value_len = vlen};
+    return 0;
+}
+
+int grpc_call_unary_traced(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len,
+                           bool gzip, uint64_t timeout_ns, const grpc_md_t *md, size_t n_md,
+                           const struct st_trace_context_t *parent, grpc_unary_cb cb, void *arg)
+{
+    if (!ch || !path || path[0] != '/' || (n_md && !md))
+        return -EINVAL;
+    trace_span_t *span = malloc(sizeof *span);
+    grpc_md_t *all = malloc((n_md + 3) * sizeof *all);
+    if (!span || !all) {
+        free(span);
+        free(all);
+        return -ENOMEM;
+    }
+    /* "/pkg.Service/Method" -> span name and rpc.service / rpc.method. */
+    const char *name = path + 1, *slash = strchr(name, '/');
+    trace_span_start(span, &grpc__scope, name, strlen(name), TRACE_KIND_CLIENT, parent);
+    trace_span_set_str(span, "rpc.system", "grpc");
+    if (slash) {
+        trace_span_set_str_n(span, "rpc.service", 11, name, (size_t)(slash - name));
+        trace_span_set_str(span, "rpc.method", slash + 1);
+    }
+    trace_span_set_str(span, "server.address", ch->host);
+    trace_span_set_int(span, "server.port", ch->port);
+    if (n_md)
+        memcpy(all, md, n_md * sizeof *all);
+    /* The values point into span->_buf / the span context: grpc__call_start
+     * copies them before this function returns. */
+    grpc__carrier_t car = {all, n_md, n_md + 3};
+    (void)trace_inject(trace_span_context(span), NULL, grpc__carrier_set, &car);
+    int rc = grpc__call_start(ch, path, msg, msg_len, gzip, timeout_ns, all, car.n, span, cb, arg);
+    free(all);
+    if (rc < 0) {
+        trace_span_set_str(span, "error.type", "_OTHER");
+        trace_span_set_status(span, TRACE_STATUS_ERROR, strerror(-rc), strlen(strerror(-rc)));
+        trace_span_end(span);
+        free(span);
+    }
+    return rc;
+}
+
+static int grpc__call_start(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
+                            uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, trace_span_t *span,
+                            grpc_unary_cb cb, void *arg)
 {
     if (!ch || ch->free_pending || !path || path[0] != '/' || !cb || (msg_len && !msg) || (n_md && !md))
         return -EINVAL;
@@ -1041,6 +1126,7 @@ int grpc_call_unary(grpc_channel_t *ch, const char *path, const uint8_t *msg, si
         if (rc < 0)
             goto err;
     }
+    c->span = span; /* from here on the call owns the span */
     c->state = GRPC__CALL_QUEUED;
     grpc__list_add(&ch->live, c);
     ch->st.calls_started++;

@@ -1,7 +1,8 @@
 /*
  * tests/fuzz/fuzz_grpc_frame.c - the gRPC client's memory-only parsers
  * (core/grpc.h): Length-Prefixed-Message framing of a response body,
- * grpc-timeout, percent-decoding of grpc-message, base64 of -bin metadata.
+ * grpc-timeout, percent-decoding (and the server's percent-encoding) of
+ * grpc-message, base64 of -bin metadata.
  * Input: the whole buffer is parsed as a response body (frames walked until
  * the end), and as each header value.  Asserts bounds and round trips:
  * frames stay inside the buffer, format(parse(t)) parses to a value >= t,
@@ -57,6 +58,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         free(enc);
     }
+    /* grpc-message percent-encoding (server side): decode(encode(x)) == x,
+     * and the encoded text is printable ASCII without a bare '%' escape. */
+    char *penc = malloc(size * 3 + 1), *pdec = malloc(size + 1);
+    long pe = grpc_percent_encode((const char *)data, size, penc, size * 3 + 1);
+    if (pe < 0 || (size_t)pe > size * 3 || penc[pe] != '\0')
+        abort();
+    for (long i = 0; i < pe; i++)
+        if ((unsigned char)penc[i] < 0x20 || (unsigned char)penc[i] > 0x7e)
+            abort();
+    long pd = grpc_percent_decode(penc, (size_t)pe, pdec, size + 1);
+    if (pd != (long)size || (size && memcmp(pdec, data, size) != 0))
+        abort();
+    free(penc);
+    free(pdec);
     (void)grpc_status_from_http(size >= 2 ? data[0] * 256 + data[1] : 0);
     free(txt);
     free(raw);
