@@ -12,7 +12,8 @@
  *     order's context;
  *  2. brokers down (SIGUSR1 to the mock): kafka_produce still returns at
  *     once, nothing is acknowledged while down, everything is after SIGUSR2;
- *     consumed again: still once each, in order;
+ *     consumed again: still once each, in order; then an outage that starts
+ *     while messages are in flight (retried by the idempotent producer);
  *  3. a producer with a 1.5 s delivery timeout and the brokers down: every
  *     message fails with -ETIMEDOUT/_MSG_TIMED_OUT, spans are ERROR with
  *     error.type; kafka_destroy reports queued messages as -ECANCELED;
@@ -37,6 +38,7 @@
 #define N_ORDERS 20
 #define N_MSG 1000
 #define N_DOWN 200
+#define N_MID 300 /* produced just before an outage: some are in flight */
 #define N_TIMEOUT 20
 #define N_PURGE 3
 #define PARTITIONS 4
@@ -228,7 +230,7 @@ typedef struct {
     char traceparent[TRACE_TRACEPARENT_LEN + 1];
 } sent_t;
 
-static sent_t sent[N_MSG + N_DOWN];
+static sent_t sent[N_MSG + N_DOWN + N_MID];
 static int n_sent;
 static int next_seq[N_ORDERS];
 static trace_context_t order_ctx[N_ORDERS];
@@ -313,6 +315,28 @@ static void run_until(loop_t *loop, unsigned want, unsigned ms)
     loop_timer_stop(loop, &t);
 }
 
+/* Phase 2b's producer tick: one message per call, brokers down half-way. */
+static struct {
+    kafka_t *k;
+    mock_t *mock;
+    int left;
+    bool down_ok;
+} mid;
+
+static void on_mid_tick(loop_t *loop, loop_timer_t *t, void *arg)
+{
+    (void)arg;
+    uint64_t max_ns = 0;
+    if (mid.left == 0) {
+        loop_timer_stop(loop, t);
+        return;
+    }
+    produce_one(mid.k, n_sent % N_ORDERS, &sent[n_sent], &max_ns);
+    n_sent++;
+    if (--mid.left == N_MID / 2)
+        mid.down_ok = mock_ctl(mid.mock, SIGUSR1, "down") == 0;
+}
+
 /* ---------------------------------------------------------- consumer */
 
 typedef struct {
@@ -345,7 +369,7 @@ static int consume_check(const char *bootstrap, int n, consumed_t *out)
     rd_kafka_assign(rk, tp);
     rd_kafka_topic_partition_list_destroy(tp);
 
-    static unsigned char seen[N_MSG + N_DOWN];
+    static unsigned char seen[N_MSG + N_DOWN + N_MID];
     memset(seen, 0, sizeof seen);
     int last_seq[N_ORDERS];
     for (int i = 0; i < N_ORDERS; i++)
@@ -613,6 +637,33 @@ int main(int argc, char **argv)
     consume_check(mock.bootstrap, n_sent, &c);
     check_consumed("after the outage", &c, N_MSG + N_DOWN);
     check_spans("after the outage", N_MSG, n_sent, false);
+    spans_clear();
+
+    /* 2b. the outage starts while messages are being produced: one per
+     * millisecond from a loop timer, brokers down half-way. */
+    before = reports;
+    int from = n_sent;
+    mid.k = k;
+    mid.mock = &mock;
+    mid.left = N_MID;
+    loop_timer_t pt;
+    loop_timer_init(&pt);
+    loop_timer_start(loop, &pt, 1000000u, 1000000u, on_mid_tick, NULL);
+    run_until(loop, 0, 1200); /* ~300 ms producing, then the outage */
+    loop_timer_stop(loop, &pt);
+    tap_check(mid.down_ok && n_sent == from + N_MID,
+              "mock: brokers down half-way through %d produces (down acknowledged: %d)", N_MID,
+              mid.down_ok);
+    unsigned during = reports - before;
+    tap_check(mock_ctl(&mock, SIGUSR2, "up") == 0, "mock: brokers up");
+    run_until(loop, before + N_MID, 20000);
+    ok = 0;
+    for (int i = from; i < n_sent; i++)
+        ok += sent[i].reported && sent[i].status == 0;
+    tap_check(ok == N_MID, "mid-flight outage: all %d acknowledged (%d; %u before the outage ended)",
+              N_MID, ok, during);
+    consume_check(mock.bootstrap, n_sent, &c);
+    check_consumed("mid-flight outage", &c, n_sent);
     spans_clear();
     kafka_destroy(k);
 
