@@ -353,6 +353,27 @@ static void test_config_conninfo(const char *dir, const char *tmp, const char *p
     tap_check(rc == 1 && strstr(g_out, "connect") != NULL, "an unreachable server is a connect error (rc %d)", rc);
 }
 
+/* Two runners at once (two hosts starting together): the advisory lock
+ * makes one apply everything and the other find it done. */
+static void test_concurrent_up(PGconn *admin, const char *port, const char *dir, const char *tmp)
+{
+    tap_check(ok_exec(admin, "CREATE DATABASE migconc"), "created database migconc");
+    char ci[256];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%s dbname=migconc user=postgres", port);
+    int rc = run("cd '%s' && for i in 1 2 3; do ('%s' --conninfo '%s' --dir '%s' up >up$i.out 2>&1; echo $? >up$i.rc) & "
+                 "done; wait; cat up1.rc up2.rc up3.rc; cat up1.out up2.out up3.out",
+                 tmp, g_migrate, ci, dir);
+    tap_check(rc == 0 && strncmp(g_out, "0\n0\n0\n", 6) == 0, "three concurrent up runs all exit 0");
+    tap_check(count_lines_with(g_out, "applied 0001_") == 1 && count_lines_with(g_out, "up to date") == 2,
+              "exactly one of them applied the migrations");
+    PGconn *c = PQconnectdb(ci);
+    const char *n = q1(c, "SELECT count(*) FROM schema_migrations");
+    int nfiles = count_files(dir);
+    tap_check(n != NULL && atoi(n) == nfiles, "schema_migrations has %d rows, once each (got %s)", nfiles,
+              nz(n, "error"));
+    PQfinish(c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 5) {
@@ -400,6 +421,7 @@ int main(int argc, char **argv)
         test_seed(c, ci, dir);
         test_constraints(c);
         test_config_conninfo(dir, tmp, port);
+        test_concurrent_up(a, port, dir, tmp);
     }
     PQfinish(c);
     PQfinish(a);
