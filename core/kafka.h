@@ -28,8 +28,10 @@
  * (loop_watch_*) and serves the queue on the loop thread.  So every callback
  * below runs on the loop thread, from loop_run(), never inside
  * kafka_produce() (a message refused at once is reported by its return
- * value, and then no callback runs).  All functions must be called on the
- * loop's thread.
+ * value, and then no callback runs).  One exception, as loop_destroy() has:
+ * kafka_destroy() runs the delivery callbacks of the messages it purges.
+ * A callback may call kafka_produce() but not kafka_destroy().  All
+ * functions must be called on the loop's thread.
  *
  * Delivery.  Exactly one delivery callback per accepted message: status 0
  * once the partition leader and its in-sync replicas acknowledged it
