@@ -18,9 +18,11 @@ if ls "$libs"/kafka_2.13-*.jar >/dev/null 2>&1; then
 fi
 mkdir -p "$libs"
 command -v mvn >/dev/null || { echo "fetch-kafka: mvn not found (apt-get install maven)" >&2; exit 1; }
-# -B batch mode, -q quiet; the local repository stays under var/ so the set-up
-# does not write into the user's ~/.m2.
-mvn -B -q -f "$here/pom.xml" -Dmaven.repo.local="$home/m2" \
+# -B batch mode, -q quiet.  Downloads go to Maven's own cache (~/.m2, or
+# SHOP_MAVEN_REPO), so a fresh clone on the same machine fetches nothing again;
+# the jars the broker runs from are copied under var/kafka/libs.
+repo="${SHOP_MAVEN_REPO:-$HOME/.m2/repository}"
+mvn -B -q -f "$here/pom.xml" -Dmaven.repo.local="$repo" \
     dependency:copy-dependencies -DoutputDirectory="$libs" -DincludeScope=runtime
 n=$(ls "$libs"/*.jar | wc -l)
 echo "fetch-kafka: $n jars in $libs"
