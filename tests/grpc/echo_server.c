@@ -16,6 +16,8 @@
  * automatic tracing) go to a sink that appends one line per span to
  * SPANS_FILE:
  *   name|kind|status|trace_id|span_id|parent_span_id|key=value;key=value;...
+ * ECHO_KEEPALIVE_MS in the environment sets the server's keepalive PING
+ * interval (off by default).
  * SIGTERM: graceful shutdown (stop accepting, GOAWAY, finish calls in
  * flight within 10 s), counters on stderr, exit 0.
  */
@@ -195,7 +197,11 @@ int main(int argc, char **argv)
     }
     static const grpc_server_handler_cb handlers[] = {echo};
     uint16_t port = 0;
-    if ((rc = grpc_server_new(g_loop, NULL, &g_srv)) < 0 ||
+    grpc_server_opts_t so = {0};
+    const char *ka = getenv("ECHO_KEEPALIVE_MS");
+    if (ka)
+        so.keepalive_ns = strtoull(ka, NULL, 10) * MS;
+    if ((rc = grpc_server_new(g_loop, &so, &g_srv)) < 0 ||
         (rc = grpc_server_add_service(g_srv, &shop__test__v1__echo_service__descriptor, handlers, NULL)) < 0 ||
         (rc = grpc_server_listen(g_srv, "127.0.0.1", (uint16_t)atoi(argv[1]), &port)) < 0 ||
         (rc = loop_signal(g_loop, SIGTERM, on_term, NULL)) < 0) {

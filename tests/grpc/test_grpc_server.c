@@ -778,6 +778,61 @@ static void test_spans(int port)
     tap_check(span_find(line, sizeof line, py), "spans: incoming traceparent -> SERVER span with that trace and parent");
 }
 
+static void idle_done(loop_t *loop, loop_timer_t *t, void *arg)
+{
+    (void)t;
+    *(bool *)arg = true;
+    loop_stop(loop);
+}
+
+/* Keepalive: our client PINGs our server while idle (answered, the
+ * connection stays); the server PINGs a peer that never answers and drops
+ * it. */
+static void test_keepalive(void)
+{
+    setenv("ECHO_KEEPALIVE_MS", "300", 1);
+    char *argv[] = {(char *)g_echo_bin, (char *)"0", NULL};
+    pid_t pid;
+    int port = spawn_listener(argv, &pid);
+    unsetenv("ECHO_KEEPALIVE_MS");
+    if (!tap_check(port > 0, "keepalive: echo server with a 300 ms keepalive up"))
+        return;
+    grpc_channel_t *ch;
+    char err[256];
+    grpc_channel_opts_t o = {.keepalive_ns = 200 * MS};
+    grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port, &o, &ch, err, sizeof err);
+    Shop__Test__V1__EchoRequest req = SHOP__TEST__V1__ECHO_REQUEST__INIT;
+    res_t r;
+    our_call(ch, ECHO, &req, 5000, NULL, 0, &r);
+    res_free(&r, 1);
+    bool idle = false;
+    loop_timer_t t;
+    loop_timer_init(&t);
+    loop_timer_start(g_loop, &t, 1500 * MS, 0, idle_done, &idle);
+    while (!idle)
+        loop_run(g_loop);
+    our_call(ch, ECHO, &req, 5000, NULL, 0, &r);
+    res_free(&r, 1);
+    grpc_channel_stats_t st;
+    grpc_channel_stats(ch, &st);
+    tap_check(r.status == GRPC_STATUS_OK && st.connects == 1,
+              "keepalive: 1.5 s idle with PINGs both ways, then a call on the same connection (%s, %llu connects)",
+              grpc_status_name(r.status), (unsigned long long)st.connects);
+    grpc_channel_free(ch);
+    /* A peer that sends the preface and SETTINGS, then never
+     * answers a PING: the server closes it after at most two intervals. */
+    static const uint8_t hello[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\4\0\0\0\0\0";
+    uint64_t t0 = loop_now_ns();
+    bool closed = raw_bytes_closed(port, hello, sizeof hello - 1);
+    uint64_t dt = (loop_now_ns() - t0) / MS;
+    tap_check(closed && dt < 2000, "keepalive: the server drops a peer that never answers its PING (%llu ms)",
+              (unsigned long long)dt);
+    kill(pid, SIGTERM);
+    int wst = 0;
+    waitpid(pid, &wst, 0);
+    tap_check(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "keepalive: server exits 0 (0x%x)", wst);
+}
+
 static void on_slow(const grpc_result_t *res, void *arg)
 {
     on_result(res, arg);
@@ -886,6 +941,7 @@ int main(int argc, char **argv)
         waitpid(py_pid, NULL, 0);
     }
 
+    test_keepalive();
     test_sigterm();
 
     loop_destroy(g_loop);
