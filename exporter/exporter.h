@@ -153,6 +153,13 @@ typedef int (*otlp_meta_fn)(void *arg, uint32_t lane, const void **blob);
  * byte length, or -ENOMEM. */
 long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_meta_fn meta,
                  void *meta_arg, const uint8_t **out, uint64_t *bad);
+/* The same request built as a protobuf-c message tree and packed by
+ * protobuf-c: the reference otlp_encode (which writes the wire format
+ * straight from the records) is tested against.  Same contract; its output
+ * buffer is the same one.  Differs only for strings holding a NUL byte
+ * (protobuf-c cuts them there). */
+long otlp_encode_pbc(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_meta_fn meta,
+                     void *meta_arg, const uint8_t **out, uint64_t *bad);
 /* Reads partial_success of an ExportTraceServiceResponse.  Returns 0, -1 on
  * malformed bytes.  msg gets error_message (cut to cap). */
 int otlp_parse_response(const uint8_t *buf, size_t len, uint64_t *rejected, char *msg, size_t cap);

@@ -9,7 +9,12 @@
  * and blob match), then one ScopeSpans per (scope name, version), each with
  * schema_url EXP_SCHEMA_URL.  Order of spans is kept inside a scope.
  *
- * Memory: every protobuf-c struct of a batch comes from the encoder's arena,
+ * Two encoders of the same request: otlp_encode, which writes the wire
+ * format straight from the records (the exporter's; "direct encoder" below),
+ * and otlp_encode_pbc, a protobuf-c message tree packed by protobuf-c, kept
+ * as the reference the direct one is tested against (same bytes).
+ *
+ * Memory (protobuf-c path): every struct of a batch comes from the encoder's arena,
  * a list of chunks reset (not freed) between batches, so a steady exporter
  * allocates nothing per batch; the output buffer grows to the largest batch
  * and is reused.  Both are bounded by max_export_batch_size x max_record.
@@ -62,6 +67,20 @@ typedef struct {
     sspans_t *ss;
 } otlp__scope_t;
 
+/* Direct encoder: a scope group (spans chained through w_next) and a
+ * resource group (scopes chained through next), both in first-seen order. */
+typedef struct {
+    trace_str_t name, version;
+    uint32_t res;          /* resource group */
+    uint32_t first, last;  /* records, chained by w_next */
+    uint32_t next;         /* next scope of the same resource, UINT32_MAX = end */
+} otlp__wscope_t;
+
+typedef struct {
+    uint32_t lane;
+    uint32_t first, last;  /* scopes */
+} otlp__wres_t;
+
 struct st_otlp_encoder_t {
     otlp__chunk_t *chunks; /* list; chunks[0] is the current one */
     otlp__chunk_t *cur;
@@ -72,6 +91,16 @@ struct st_otlp_encoder_t {
     uint32_t *lane_res;    /* per lane: resource group index (valid when gen matches) */
     uint32_t lanes_cap;
     uint32_t gen;
+    /* Direct encoder (otlp_encode): scratch grown to the largest batch and
+     * span seen, reused, freed with the encoder. */
+    span_record_t *w_recs;   /* decoded records of the batch */
+    uint32_t *w_next;        /* per record: next record of its scope, UINT32_MAX = end */
+    otlp__wscope_t *w_scopes;
+    otlp__wres_t *w_res;
+    size_t w_cap;            /* entries of each of the four above */
+    span_record_item_t *w_items; /* the items of one span (or resource) */
+    uint32_t *w_slot;        /* indices into w_items of one attribute list */
+    size_t w_items_cap;
 };
 
 /* ------------------------------------------------------------- arena */
@@ -148,6 +177,12 @@ void otlp_encoder_free(otlp_encoder_t *e)
     free(e->out);
     free(e->lane_gen);
     free(e->lane_res);
+    free(e->w_recs);
+    free(e->w_next);
+    free(e->w_scopes);
+    free(e->w_res);
+    free(e->w_items);
+    free(e->w_slot);
     free(e);
 }
 
@@ -442,8 +477,8 @@ static int otlp__lanes(otlp_encoder_t *e, uint32_t lane)
     return 0;
 }
 
-long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_meta_fn meta,
-                 void *meta_arg, const uint8_t **out, uint64_t *bad)
+long otlp_encode_pbc(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_meta_fn meta,
+                     void *meta_arg, const uint8_t **out, uint64_t *bad)
 {
     otlp__reset(e);
     if (++e->gen == 0) { /* generation wrapped: clear the stamps */
@@ -550,6 +585,517 @@ long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_me
     size_t w = opentelemetry__proto__collector__trace__v1__export_trace_service_request__pack(&req, e->out);
     *out = e->out;
     return (long)w;
+}
+
+/* ------------------------------------------------------------- direct encoder
+ *
+ * otlp_encode writes the protobuf wire format straight from the records:
+ * no message tree, no string copies, nothing allocated per span.  Each
+ * length-delimited field is written with a guessed length width (1 byte
+ * for a KeyValue, 2 for a Span, 3 for a ScopeSpans ...); when the body is
+ * done its length is known, and if its varint needs another width the body
+ * is moved (memmove of that body only, rare for the guesses below).  So
+ * every varint is minimal and the bytes equal protobuf-c's packing of the
+ * same message (fields in field-number order, proto3 zero values omitted,
+ * oneof members always present), which tests/exporter/test_exp_otlp_fast
+ * checks against otlp_encode_pbc.  Unlike protobuf-c, strings keep any NUL
+ * byte they hold.
+ *
+ * Room: before each span the buffer gets 8 x record length + 512 bytes
+ * free.  An item of n record bytes (header >= 4 bytes, attributes >= 8)
+ * encodes to at most 4n + 16 bytes (the worst: a bool array element, 1
+ * record byte -> AnyValue tag, length, tag, value), so that is a bound, and
+ * a repeated key only shrinks the output.
+ */
+
+#define OTLP__LEN 2u /* wire types */
+#define OTLP__I64 1u
+#define OTLP__I32 5u
+#define OTLP__TAG(field, wt) ((uint8_t)(((field) << 3) | (wt)))
+#define OTLP__NONE UINT32_MAX
+
+static inline unsigned otlp__vlen(uint64_t v)
+{
+    unsigned n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static inline uint8_t *otlp__vput(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static inline uint8_t *otlp__fixed64(uint8_t *p, uint8_t tag, uint64_t v)
+{
+    *p++ = tag;
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+    return p + 8;
+}
+
+/* A proto3 string or bytes field: omitted when empty. */
+static inline uint8_t *otlp__bytes(uint8_t *p, uint8_t tag, const void *s, size_t n)
+{
+    if (n == 0)
+        return p;
+    *p++ = tag;
+    p = otlp__vput(p, n);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* A proto3 varint field: omitted when zero. */
+static inline uint8_t *otlp__uint(uint8_t *p, uint8_t tag, uint64_t v)
+{
+    if (v == 0)
+        return p;
+    *p++ = tag;
+    return otlp__vput(p, v);
+}
+
+/* Opens a length-delimited field: tag, then `guess` bytes kept for the
+ * length.  Returns where the body starts. */
+static inline uint8_t *otlp__open(uint8_t *p, uint8_t tag, unsigned guess, uint8_t **mark)
+{
+    *p++ = tag;
+    *mark = p;
+    return p + guess;
+}
+
+/* Closes it: the body is mark+guess .. end.  Returns the new end. */
+static inline uint8_t *otlp__close(uint8_t *mark, unsigned guess, uint8_t *end)
+{
+    size_t len = (size_t)(end - mark - guess);
+    unsigned need = otlp__vlen(len);
+    if (need != guess)
+        memmove(mark + need, mark + guess, len);
+    otlp__vput(mark, len);
+    return mark + need + len;
+}
+
+/* AnyValue body of an attribute item.  NULL when a string array does not
+ * walk (span_record_decode checked it: only a record changed under us). */
+static uint8_t *otlp__w_value(uint8_t *p, const span_record_item_t *it)
+{
+    uint64_t u;
+    uint8_t *m, *m2;
+    switch (it->type) {
+    case TRACE_ATTR_STRING: /* oneof: present even when empty */
+        *p++ = OTLP__TAG(1, OTLP__LEN);
+        p = otlp__vput(p, it->value_len);
+        memcpy(p, it->value, it->value_len);
+        return p + it->value_len;
+    case TRACE_ATTR_BOOL:
+        *p++ = OTLP__TAG(2, 0);
+        *p++ = it->value[0] != 0;
+        return p;
+    case TRACE_ATTR_INT:
+        memcpy(&u, it->value, 8);
+        *p++ = OTLP__TAG(3, 0);
+        return otlp__vput(p, u);
+    case TRACE_ATTR_DOUBLE:
+        memcpy(&u, it->value, 8);
+        return otlp__fixed64(p, OTLP__TAG(4, OTLP__I64), u);
+    case TRACE_ATTR_STRING_ARRAY:
+    case TRACE_ATTR_BOOL_ARRAY:
+    case TRACE_ATTR_INT_ARRAY:
+    case TRACE_ATTR_DOUBLE_ARRAY:
+        break;
+    default:
+        return NULL; /* span_record_decode refused it already */
+    }
+    p = otlp__open(p, OTLP__TAG(5, OTLP__LEN), it->count < 16 ? 1 : 2, &m);
+    uint32_t off = 0;
+    for (uint32_t i = 0; i < it->count; i++) {
+        switch (it->type) {
+        case TRACE_ATTR_STRING_ARRAY: {
+            trace_str_t s;
+            if (span_record_array_str(it, &off, &s) != 1)
+                return NULL;
+            p = otlp__open(p, OTLP__TAG(1, OTLP__LEN), 1, &m2);
+            *p++ = OTLP__TAG(1, OTLP__LEN);
+            p = otlp__vput(p, s.len);
+            memcpy(p, s.p, s.len);
+            p = otlp__close(m2, 1, p + s.len);
+            break;
+        }
+        case TRACE_ATTR_BOOL_ARRAY:
+            *p++ = OTLP__TAG(1, OTLP__LEN);
+            *p++ = 2;
+            *p++ = OTLP__TAG(2, 0);
+            *p++ = span_record_array_bool(it, i);
+            break;
+        case TRACE_ATTR_INT_ARRAY:
+            u = (uint64_t)span_record_array_int(it, i);
+            *p++ = OTLP__TAG(1, OTLP__LEN);
+            *p++ = (uint8_t)(1 + otlp__vlen(u));
+            *p++ = OTLP__TAG(3, 0);
+            p = otlp__vput(p, u);
+            break;
+        default: {
+            double d = span_record_array_double(it, i);
+            memcpy(&u, &d, 8);
+            *p++ = OTLP__TAG(1, OTLP__LEN);
+            *p++ = 9;
+            p = otlp__fixed64(p, OTLP__TAG(4, OTLP__I64), u);
+            break;
+        }
+        }
+    }
+    return otlp__close(m, it->count < 16 ? 1 : 2, p);
+}
+
+static inline bool otlp__same_key(const span_record_item_t *a, const span_record_item_t *b)
+{
+    return a->key.len == b->key.len && memcmp(a->key.p, b->key.p, a->key.len) == 0;
+}
+
+/* Writes the attribute list made of the items its[i] for i in [from, to)
+ * with tag `want` (stopping early at an item of tag `stop1` or `stop2`), as
+ * repeated KeyValue field `tag`.  A repeated key keeps its first place and
+ * its last value.  slot[] has room for to - from entries.  Returns the
+ * new end, NULL on a bad value. */
+static uint8_t *otlp__w_attrs(uint8_t *p, uint8_t tag, const span_record_item_t *its, uint32_t from,
+                              uint32_t to, uint8_t want, uint8_t stop1, uint8_t stop2, uint32_t *slot)
+{
+    uint32_t ns = 0;
+    for (uint32_t i = from; i < to; i++) {
+        uint8_t t = its[i].tag;
+        if (t == stop1 || t == stop2)
+            break;
+        if (t != want)
+            continue;
+        uint32_t j = 0;
+        while (j < ns && !otlp__same_key(&its[slot[j]], &its[i]))
+            j++;
+        slot[j] = i; /* j == ns: a new key */
+        if (j == ns)
+            ns++;
+    }
+    for (uint32_t j = 0; j < ns; j++) {
+        const span_record_item_t *it = &its[slot[j]];
+        uint8_t *mk, *mv;
+        p = otlp__open(p, tag, 1, &mk);
+        p = otlp__bytes(p, OTLP__TAG(1, OTLP__LEN), it->key.p, it->key.len);
+        p = otlp__open(p, OTLP__TAG(2, OTLP__LEN), 1, &mv);
+        if (!(p = otlp__w_value(p, it)))
+            return NULL;
+        p = otlp__close(mv, 1, p);
+        p = otlp__close(mk, 1, p);
+    }
+    return p;
+}
+
+/* Makes room for `n` items of one span.  Returns 0 or -ENOMEM. */
+static int otlp__w_items(otlp_encoder_t *e, size_t n)
+{
+    if (n <= e->w_items_cap)
+        return 0;
+    size_t cap = n + n / 2 + 64;
+    span_record_item_t *it = realloc(e->w_items, cap * sizeof *it);
+    if (!it)
+        return -ENOMEM;
+    e->w_items = it;
+    uint32_t *sl = realloc(e->w_slot, cap * sizeof *sl);
+    if (!sl)
+        return -ENOMEM;
+    e->w_slot = sl;
+    e->w_items_cap = cap;
+    return 0;
+}
+
+/* Reads the items of a record (or resource) into e->w_items.  Returns the
+ * count, -1 when they do not walk, -ENOMEM. */
+static long otlp__w_collect(otlp_encoder_t *e, const uint8_t *items, uint32_t len)
+{
+    /* every item is >= 4 bytes */
+    if (otlp__w_items(e, len / 4 + 1) != 0)
+        return -ENOMEM;
+    uint32_t off = 0, n = 0;
+    int rc;
+    while ((rc = span_record_next(items, len, &off, &e->w_items[n])) == 1)
+        n++;
+    return rc < 0 ? -1 : (long)n;
+}
+
+/* Makes room for `more` bytes after out[pos]. */
+static int otlp__w_room(otlp_encoder_t *e, size_t pos, size_t more)
+{
+    if (pos + more <= e->out_cap)
+        return 0;
+    size_t cap = e->out_cap ? e->out_cap : 64 * 1024;
+    while (cap < pos + more)
+        cap *= 2;
+    uint8_t *p = realloc(e->out, cap);
+    if (!p)
+        return -ENOMEM;
+    e->out = p;
+    e->out_cap = cap;
+    return 0;
+}
+
+/* One Span, field numbers 1..16 in order.  Returns the new end, or NULL
+ * when the record does not walk (p is then unchanged in meaning: the
+ * caller rolls back). */
+static uint8_t *otlp__w_span(otlp_encoder_t *e, uint8_t *p, const span_record_t *r)
+{
+    long ni = otlp__w_collect(e, r->items, r->items_len);
+    if (ni < 0)
+        return NULL;
+    const span_record_item_t *its = e->w_items;
+    uint32_t n = (uint32_t)ni;
+    uint8_t *ms;
+    p = otlp__open(p, OTLP__TAG(2, OTLP__LEN), 2, &ms);
+    *p++ = OTLP__TAG(1, OTLP__LEN);
+    *p++ = TRACE_ID_SIZE;
+    memcpy(p, r->trace_id, TRACE_ID_SIZE);
+    p += TRACE_ID_SIZE;
+    *p++ = OTLP__TAG(2, OTLP__LEN);
+    *p++ = TRACE_SPAN_ID_SIZE;
+    memcpy(p, r->span_id, TRACE_SPAN_ID_SIZE);
+    p += TRACE_SPAN_ID_SIZE;
+    p = otlp__bytes(p, OTLP__TAG(3, OTLP__LEN), r->tracestate.p, r->tracestate.len);
+    if ((r->rflags & SPAN_RFLAG_HAS_PARENT) && trace_id_is_valid(r->parent_span_id, TRACE_SPAN_ID_SIZE)) {
+        *p++ = OTLP__TAG(4, OTLP__LEN);
+        *p++ = TRACE_SPAN_ID_SIZE;
+        memcpy(p, r->parent_span_id, TRACE_SPAN_ID_SIZE);
+        p += TRACE_SPAN_ID_SIZE;
+    }
+    p = otlp__bytes(p, OTLP__TAG(5, OTLP__LEN), r->name.p, r->name.len);
+    p = otlp__uint(p, OTLP__TAG(6, 0), r->kind); /* record kind = OTLP number */
+    if (r->start_ns)
+        p = otlp__fixed64(p, OTLP__TAG(7, OTLP__I64), r->start_ns);
+    if (r->end_ns)
+        p = otlp__fixed64(p, OTLP__TAG(8, OTLP__I64), r->end_ns);
+    if (r->n_attrs &&
+        !(p = otlp__w_attrs(p, OTLP__TAG(9, OTLP__LEN), its, 0, n, SPAN_ITEM_ATTR, 0, 0, e->w_slot)))
+        return NULL;
+    p = otlp__uint(p, OTLP__TAG(10, 0), r->dropped_attrs);
+    for (uint32_t i = 0; r->n_events && i < n; i++) {
+        if (its[i].tag != SPAN_ITEM_EVENT)
+            continue;
+        uint8_t *m;
+        /* an event with attributes is rarely under 128 bytes */
+        unsigned g = i + 1 < n && its[i + 1].tag == SPAN_ITEM_EVENT_ATTR ? 2 : 1;
+        p = otlp__open(p, OTLP__TAG(11, OTLP__LEN), g, &m);
+        if (its[i].time_ns)
+            p = otlp__fixed64(p, OTLP__TAG(1, OTLP__I64), its[i].time_ns);
+        p = otlp__bytes(p, OTLP__TAG(2, OTLP__LEN), its[i].key.p, its[i].key.len);
+        /* its attributes: EVENT_ATTR items up to the next EVENT or LINK */
+        if (!(p = otlp__w_attrs(p, OTLP__TAG(3, OTLP__LEN), its, i + 1, n, SPAN_ITEM_EVENT_ATTR,
+                                SPAN_ITEM_EVENT, SPAN_ITEM_LINK, e->w_slot)))
+            return NULL;
+        p = otlp__uint(p, OTLP__TAG(4, 0), its[i].count);
+        p = otlp__close(m, g, p);
+    }
+    p = otlp__uint(p, OTLP__TAG(12, 0), r->dropped_events);
+    for (uint32_t i = 0; r->n_links && i < n; i++) {
+        if (its[i].tag != SPAN_ITEM_LINK)
+            continue;
+        uint8_t *m;
+        unsigned g = i + 1 < n && its[i + 1].tag == SPAN_ITEM_LINK_ATTR ? 2 : 1;
+        p = otlp__open(p, OTLP__TAG(13, OTLP__LEN), g, &m);
+        *p++ = OTLP__TAG(1, OTLP__LEN);
+        *p++ = TRACE_ID_SIZE;
+        memcpy(p, its[i].trace_id, TRACE_ID_SIZE);
+        p += TRACE_ID_SIZE;
+        *p++ = OTLP__TAG(2, OTLP__LEN);
+        *p++ = TRACE_SPAN_ID_SIZE;
+        memcpy(p, its[i].span_id, TRACE_SPAN_ID_SIZE);
+        p += TRACE_SPAN_ID_SIZE;
+        p = otlp__bytes(p, OTLP__TAG(3, OTLP__LEN), its[i].key.p, its[i].key.len);
+        if (!(p = otlp__w_attrs(p, OTLP__TAG(4, OTLP__LEN), its, i + 1, n, SPAN_ITEM_LINK_ATTR,
+                                SPAN_ITEM_EVENT, SPAN_ITEM_LINK, e->w_slot)))
+            return NULL;
+        p = otlp__uint(p, OTLP__TAG(5, 0), its[i].count);
+        if (its[i].type) { /* W3C trace flags only, fixed32 */
+            *p++ = OTLP__TAG(6, OTLP__I32);
+            *p++ = its[i].type;
+            *p++ = 0;
+            *p++ = 0;
+            *p++ = 0;
+        }
+        p = otlp__close(m, g, p);
+    }
+    p = otlp__uint(p, OTLP__TAG(14, 0), r->dropped_links);
+    if (r->status != TRACE_STATUS_UNSET) {
+        uint8_t *m;
+        p = otlp__open(p, OTLP__TAG(15, OTLP__LEN), 1, &m);
+        if (r->status == TRACE_STATUS_ERROR)
+            p = otlp__bytes(p, OTLP__TAG(2, OTLP__LEN), r->status_msg.p, r->status_msg.len);
+        p = otlp__uint(p, OTLP__TAG(3, 0), r->status);
+        p = otlp__close(m, 1, p);
+    }
+    /* flags = 16, fixed32: tag 16 << 3 | 5 = 133 takes two varint bytes */
+    uint32_t fl = (r->trace_flags & 0xffu) | 0x100u | ((r->rflags & SPAN_RFLAG_PARENT_REMOTE) ? 0x200u : 0);
+    *p++ = 0x85;
+    *p++ = 0x01;
+    for (int k = 0; k < 4; k++)
+        *p++ = (uint8_t)(fl >> (8 * k));
+    return otlp__close(ms, 2, p);
+}
+
+/* The Resource message of a lane (field 1 of ResourceSpans), always
+ * present, empty when the lane has no valid metadata. */
+static long otlp__w_resource(otlp_encoder_t *e, size_t pos, uint32_t lane, otlp_meta_fn meta, void *arg)
+{
+    const void *blob = NULL;
+    int len = meta ? meta(arg, lane, &blob) : -ENOENT;
+    span_resource_t sr;
+    long ni = 0;
+    if (len > 0 && span_resource_decode(blob, (size_t)len, &sr) == 0 && sr.n_attrs > 0) {
+        if ((ni = otlp__w_collect(e, sr.items, sr.items_len)) < 0)
+            ni = 0; /* resource_decode walked them: changed under us, send none */
+    } else {
+        len = 0;
+    }
+    if (ni == -ENOMEM || otlp__w_room(e, pos, 8u * (size_t)len + 512) != 0)
+        return -ENOMEM;
+    uint8_t *m, *p = otlp__open(e->out + pos, OTLP__TAG(1, OTLP__LEN), len < 100 ? 1 : 2, &m);
+    uint8_t *q = otlp__w_attrs(p, OTLP__TAG(1, OTLP__LEN), e->w_items, 0, (uint32_t)ni, SPAN_ITEM_ATTR, 0,
+                               0, e->w_slot);
+    if (!q)
+        q = p; /* a bad value: the resource goes empty */
+    p = otlp__close(m, len < 100 ? 1 : 2, q);
+    return (long)(p - e->out);
+}
+
+static int otlp__w_batch(otlp_encoder_t *e, size_t n)
+{
+    if (n <= e->w_cap)
+        return 0;
+    size_t cap = n < 64 ? 64 : n;
+    span_record_t *r = realloc(e->w_recs, cap * sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    e->w_recs = r;
+    uint32_t *nx = realloc(e->w_next, cap * sizeof *nx);
+    if (!nx)
+        return -ENOMEM;
+    e->w_next = nx;
+    otlp__wscope_t *sc = realloc(e->w_scopes, cap * sizeof *sc);
+    if (!sc)
+        return -ENOMEM;
+    e->w_scopes = sc;
+    otlp__wres_t *rs = realloc(e->w_res, cap * sizeof *rs);
+    if (!rs)
+        return -ENOMEM;
+    e->w_res = rs;
+    e->w_cap = cap;
+    return 0;
+}
+
+static inline bool otlp__w_scope_is(const otlp__wscope_t *s, uint32_t ri, const span_record_t *r)
+{
+    return s->res == ri && s->name.len == r->scope_name.len && s->version.len == r->scope_version.len &&
+           memcmp(s->name.p, r->scope_name.p, r->scope_name.len) == 0 &&
+           memcmp(s->version.p, r->scope_version.p, r->scope_version.len) == 0;
+}
+
+long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_meta_fn meta, void *meta_arg,
+                 const uint8_t **out, uint64_t *bad)
+{
+    *bad = 0;
+    if (n > UINT32_MAX - 1 || otlp__w_batch(e, n) != 0)
+        return -ENOMEM;
+    if (++e->gen == 0) { /* generation wrapped: clear the stamps */
+        memset(e->lane_gen, 0, e->lanes_cap * sizeof *e->lane_gen);
+        e->gen = 1;
+    }
+    /* Pass 1: decode (validates) and group, in first-seen order. */
+    span_record_t *rv = e->w_recs;
+    otlp__wscope_t *sc = e->w_scopes;
+    otlp__wres_t *rs = e->w_res;
+    uint32_t nres = 0, nsc = 0, last = OTLP__NONE;
+    for (uint32_t i = 0; i < n; i++) {
+        span_record_t *r = &rv[i];
+        e->w_next[i] = OTLP__NONE;
+        if (span_record_decode(recs[i].data, recs[i].len, r) != 0) {
+            (*bad)++;
+            r->items = NULL; /* marks it left out */
+            continue;
+        }
+        uint32_t lane = recs[i].lane;
+        if (otlp__lanes(e, lane) != 0)
+            return -ENOMEM;
+        if (e->lane_gen[lane] != e->gen) {
+            rs[nres] = (otlp__wres_t){.lane = lane, .first = OTLP__NONE, .last = OTLP__NONE};
+            e->lane_gen[lane] = e->gen;
+            e->lane_res[lane] = nres++;
+        }
+        uint32_t ri = e->lane_res[lane], si = OTLP__NONE;
+        if (last != OTLP__NONE && otlp__w_scope_is(&sc[last], ri, r))
+            si = last; /* runs of one scope are common */
+        for (uint32_t k = rs[ri].first; si == OTLP__NONE && k != OTLP__NONE; k = sc[k].next)
+            if (otlp__w_scope_is(&sc[k], ri, r))
+                si = k;
+        if (si == OTLP__NONE) {
+            si = nsc++;
+            sc[si] = (otlp__wscope_t){.name = r->scope_name, .version = r->scope_version, .res = ri,
+                                      .first = i, .last = i, .next = OTLP__NONE};
+            if (rs[ri].last == OTLP__NONE)
+                rs[ri].first = si;
+            else
+                sc[rs[ri].last].next = si;
+            rs[ri].last = si;
+        } else {
+            e->w_next[sc[si].last] = i;
+            sc[si].last = i;
+        }
+        last = si;
+    }
+    /* Pass 2: write.  Outer marks are offsets: the buffer may move. */
+    size_t pos = 0;
+    for (uint32_t ri = 0; ri < nres; ri++) {
+        if (otlp__w_room(e, pos, 16) != 0)
+            return -ENOMEM;
+        uint8_t *m;
+        size_t mres = (size_t)(otlp__open(e->out + pos, OTLP__TAG(1, OTLP__LEN), 3, &m) - e->out) - 3;
+        long r = otlp__w_resource(e, mres + 3, rs[ri].lane, meta, meta_arg);
+        if (r < 0)
+            return -ENOMEM;
+        pos = (size_t)r;
+        for (uint32_t k = rs[ri].first; k != OTLP__NONE; k = sc[k].next) {
+            if (otlp__w_room(e, pos, 1024 + 2u * (sc[k].name.len + sc[k].version.len)) != 0)
+                return -ENOMEM;
+            uint8_t *ms, *mscope;
+            uint8_t *p = otlp__open(e->out + pos, OTLP__TAG(2, OTLP__LEN), 3, &ms);
+            size_t mss = (size_t)(ms - e->out);
+            p = otlp__open(p, OTLP__TAG(1, OTLP__LEN), 1, &mscope);
+            p = otlp__bytes(p, OTLP__TAG(1, OTLP__LEN), sc[k].name.p, sc[k].name.len);
+            p = otlp__bytes(p, OTLP__TAG(2, OTLP__LEN), sc[k].version.p, sc[k].version.len);
+            p = otlp__close(mscope, 1, p);
+            pos = (size_t)(p - e->out);
+            for (uint32_t i = sc[k].first; i != OTLP__NONE; i = e->w_next[i]) {
+                if (otlp__w_room(e, pos, 8u * recs[i].len + 512) != 0)
+                    return -ENOMEM;
+                uint8_t *q = otlp__w_span(e, e->out + pos, &rv[i]);
+                if (!q) { /* changed under us after decode: left out */
+                    (*bad)++;
+                    continue;
+                }
+                pos = (size_t)(q - e->out);
+            }
+            if (otlp__w_room(e, pos, 64) != 0)
+                return -ENOMEM;
+            p = otlp__bytes(e->out + pos, OTLP__TAG(3, OTLP__LEN), EXP_SCHEMA_URL, sizeof EXP_SCHEMA_URL - 1);
+            pos = (size_t)(otlp__close(e->out + mss, 3, p) - e->out);
+        }
+        pos = (size_t)(otlp__close(e->out + mres, 3, e->out + pos) - e->out);
+    }
+    if (otlp__w_room(e, pos, 1) != 0)
+        return -ENOMEM;
+    *out = e->out;
+    return (long)pos;
 }
 
 int otlp_parse_response(const uint8_t *buf, size_t len, uint64_t *rejected, char *msg, size_t cap)
