@@ -104,6 +104,22 @@ typedef enum {
       60000, NULL, "", "ms ceiling of the back-off between reconnects to a broker that is down") \
     X(KAFKA_ACKS, "kafka", "acks", CONFIG_T_ENUM, "all", 0, 0, "all", "",                     \
       "fixed: the idempotent producer needs every in-sync replica's acknowledgement")       \
+    X(ORDER_SVC_INVENTORY, "order_svc", "inventory_address", CONFIG_T_STR, "127.0.0.1:9092", 3, \
+      255, NULL, "", "numeric-host:port of inventory-svc, called by the order saga")         \
+    X(ORDER_SVC_PAYMENT, "order_svc", "payment_address", CONFIG_T_STR, "127.0.0.1:9093", 3,    \
+      255, NULL, "", "numeric-host:port of payment-svc, called by the order saga")           \
+    X(ORDER_SVC_STOCK_TIMEOUT, "order_svc", "stock_timeout", CONFIG_T_INT, "2000", 10, 600000, \
+      NULL, "", "ms one CheckStock/ReduceStock/RestoreStock call may take (grpc-timeout)")   \
+    X(ORDER_SVC_PAYMENT_TIMEOUT, "order_svc", "payment_timeout", CONFIG_T_INT, "5000", 10,     \
+      600000, NULL, "", "ms one ProcessPayment call may take; keep it above "                \
+      "[payment_svc] processor_timeout so payment-svc decides first")                        \
+    X(ORDER_SVC_RECOVERY_AGE, "order_svc", "recovery_age", CONFIG_T_INT, "60000", 1000,       \
+      86400000, NULL, "", "ms after which a still-pending order is resumed by the recovery " \
+      "sweep (at start-up, then every recovery_age); must exceed the longest saga")          \
+    X(ORDER_SVC_RELAY_POLL, "order_svc", "relay_poll_interval", CONFIG_T_INT, "200", 1,       \
+      600000, NULL, "", "ms between two polls of the outbox by the Kafka relay")             \
+    X(ORDER_SVC_RELAY_BATCH, "order_svc", "relay_batch", CONFIG_T_INT, "100", 1, 10000, NULL, \
+      "", "outbox rows per poll, and most relay messages awaiting acknowledgement")          \
     X(EXPORTER_ENDPOINT, "exporter", "endpoint", CONFIG_T_STR, "http://127.0.0.1:4317", 1, 255, \
       NULL, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",                                            \
       "OTLP/gRPC receiver, http[s]://numeric-ip:port (OTEL_EXPORTER_OTLP_ENDPOINT too)")     \
