@@ -39,10 +39,25 @@
  * windows are raised (16 MiB connection, 4 MiB + 5 per stream) so a
  * maximum-size request needs no window round trips.
  *
+ * Memory (STYLE.md "Memory ownership").  Call objects (~6 KiB: the span and
+ * its 4 KiB record buffer, and a 1 KiB inline arena) are recycled through
+ * the server's free list (one server belongs to one loop thread) and only
+ * their header fields are zeroed: trace_span_start() needs no zeroed span.
+ * Everything a call needs for itself (path, metadata copies, a small
+ * request body, the protobuf-c request message via a ProtobufCAllocator,
+ * the framed response, trailers) comes from the call's arena: a bump
+ * allocator over the inline bytes, spilling into malloc'd chunks that are
+ * freed when the call is.  So the hot path allocates nothing from libc
+ * once the free lists are warm; nghttp2's own allocations (streams,
+ * header buffers, outbound items) go through grpc__mpool_t, per-size-class
+ * free lists of the server passed as the sessions' nghttp2_mem.  Response
+ * header fields that are literals are submitted with NO_COPY flags.
+ *
  * Limits: the method table is a sorted array (O(log n) lookup, O(n) insert
- * at start-up only).  Each call costs one calloc (it holds its span, ~4 KiB,
- * STYLE.md's no-malloc rule is kept on the span path, not per request
- * yet: a per-connection call pool is a later step).
+ * at start-up only).  nghttp2's header name/value validation (about 900
+ * instructions a call) is kept: nghttp2_option_set_no_http_messaging
+ * would also drop its pseudo-header, content-length and stream-state
+ * checks, which this file does not repeat.
  */
 #include "grpc.h"
 
@@ -67,6 +82,15 @@
 #define GRPC__S_BATCH_MAX (1u << 20)  /* bytes gathered per connection per hook run */
 #define GRPC__S_MAX_MD 64u            /* custom metadata entries kept per call */
 #define GRPC__S_STREAMS_DEFAULT 1000u
+#define GRPC__S_ARENA_INLINE 1024u    /* arena bytes inside the call object */
+#define GRPC__S_ARENA_CHUNK 4096u     /* arena spill chunk (bigger requests get their own) */
+#define GRPC__S_BODY_ARENA_MAX 512u   /* request bodies above this grow by realloc */
+#define GRPC__S_FREE_CALLS_MAX 1024u  /* call objects kept on the free list */
+#define GRPC__S_MD_CAP0 8u            /* first metadata array size (doubles to GRPC__S_MAX_MD) */
+/* nghttp2 allocator: size classes 64 << i, i < GRPC__S_MCLASSES (64 B..4 KiB) */
+#define GRPC__S_MCLASSES 7u
+#define GRPC__S_MCLASS_BIG GRPC__S_MCLASSES /* plain malloc, freed at once */
+#define GRPC__S_MPOOL_BYTES (1u << 20)  /* bytes kept per class on the free lists */
 
 static const trace_scope_t grpc__s_scope = TRACE_SCOPE("shop.core.grpc", SHOP_VERSION);
 
@@ -80,7 +104,8 @@ typedef enum {
 } grpc__scall_state_t;
 
 typedef struct st_grpc__method_t {
-    char *path; /* "/package.Service/Method" */
+    char *path; /* "/package.Service/Method" (service = path + 1, method after the '/') */
+    size_t svc_len, meth_len; /* lengths of the service and method parts (span attributes) */
     const ProtobufCServiceDescriptor *svc;
     const ProtobufCMethodDescriptor *md;
     grpc_server_handler_cb cb; /* NULL = UNIMPLEMENTED */
@@ -94,6 +119,32 @@ typedef struct st_grpc__listener_t {
     char ip[64];
     uint16_t port;
 } grpc__listener_t;
+
+/* Block header of grpc__mpool_t: the class and, for BIG, the size. */
+typedef struct st_grpc__mblock_t {
+    union {
+        struct st_grpc__mblock_t *next; /* on a free list */
+        struct {
+            uint32_t cls;  /* size class, GRPC__S_MCLASS_BIG = plain malloc */
+            uint32_t size; /* BIG: requested bytes (realloc copies them) */
+        } h;
+    };
+    uint64_t _pad; /* 16-byte header keeps payloads 16-byte aligned */
+} grpc__mblock_t;
+
+/* nghttp2's allocator for the server's sessions: per-class free lists.
+ * Owned by the server (one loop thread); blocks on the lists are freed by
+ * grpc_server_free(), after every session is deleted. */
+typedef struct st_grpc__mpool_t {
+    grpc__mblock_t *free[GRPC__S_MCLASSES];
+    uint32_t nfree[GRPC__S_MCLASSES];
+} grpc__mpool_t;
+
+/* A spilled arena chunk; payload follows the 16-byte header. */
+typedef struct st_grpc__achunk_t {
+    struct st_grpc__achunk_t *next;
+    uint64_t _pad;
+} grpc__achunk_t;
 
 typedef struct st_grpc__sconn_t grpc__sconn_t;
 
@@ -109,27 +160,35 @@ struct st_grpc_server_call_t {
     bool ended;       /* status fixed */
     bool handler_holds; /* the handler was called and has not replied */
     bool is_post, ct_ok, gzip, bad_encoding, too_big, deadline_hit;
+    bool body_heap; /* body is malloc'd (grew past GRPC__S_BODY_ARENA_MAX), else arena */
     const grpc__method_t *m;
-    char *path;
+    char *path;     /* arena copy, NUL-terminated */
+    size_t path_len;
     uint64_t deadline_ns; /* CLOCK_MONOTONIC, 0 = none */
     loop_timer_t dl_timer;
-    grpc_md_t *md; /* request custom metadata, heap copies, -bin decoded */
-    size_t n_md;
+    grpc_md_t *md; /* request custom metadata: arena copies, -bin decoded */
+    size_t n_md, md_cap;
     uint8_t *body; /* received DATA, blen <= max_message + 5 */
     size_t blen, bcap;
     uint8_t *req_owned; /* gunzipped request, or NULL */
     const uint8_t *req;
     size_t req_len;
-    ProtobufCMessage *msg;
-    uint8_t *resp; /* framed response (5-byte prefix + message) */
+    ProtobufCMessage *msg; /* unpacked into the arena */
+    uint8_t *resp; /* framed response (5-byte prefix + message), arena */
     size_t resp_len, resp_off;
-    grpc_md_t *tr; /* trailers to send: keys/values heap copies, -bin base64 */
+    grpc_md_t *tr; /* trailers to send: keys/values arena copies, -bin base64 */
     size_t n_tr;
     grpc_status_t status;
     bool span_on;
+    uint8_t *a_pos, *a_end;  /* arena: free bytes [a_pos, a_end) */
+    grpc__achunk_t *a_spill; /* arena chunks to free with the call */
+    /* ---- Not zeroed when the call is (re)used: everything below is
+     * written before it is read. */
     char ts[TRACE_TRACESTATE_MAX];
-    trace_span_t span;
+    _Alignas(16) uint8_t a_inline[GRPC__S_ARENA_INLINE];
+    trace_span_t span; /* header zeroed at call start (not recording) */
 };
+#define GRPC__S_CALL_ZERO offsetof(struct st_grpc_server_call_t, ts)
 
 struct st_grpc__sconn_t {
     struct st_grpc__sconn_t *next, *prev;
@@ -138,6 +197,7 @@ struct st_grpc__sconn_t {
     nghttp2_session *ng;
     bool down;         /* session deleted, close started */
     char addr[64];     /* listener address, for server.address */
+    size_t addr_len;
     uint16_t port;
     grpc_server_call_t calls; /* sentinel */
     uint64_t last_rx_ns;
@@ -168,6 +228,9 @@ struct st_grpc_server_t {
     grpc_server_done_cb done;
     void *done_arg;
     grpc_server_stats_t st;
+    grpc_server_call_t *free_calls; /* recycled call objects, linked by next */
+    uint32_t n_free_calls;
+    grpc__mpool_t mpool; /* the sessions' nghttp2_mem */
 };
 
 /* ------------------------------------------------------------ pure helper */
@@ -208,13 +271,139 @@ static bool grpc__s_eq(const uint8_t *a, size_t alen, const char *lit)
     return alen == strlen(lit) && memcmp(a, lit, alen) == 0;
 }
 
-static void grpc__s_md_free(grpc_md_t *md, size_t n)
+/* Arena allocation of n bytes (16-byte aligned) from call c; freed with the
+ * call (grpc__s_call_free), never singly.  NULL when out of memory. */
+static void *grpc__s_alloc(grpc_server_call_t *c, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        free((void *)md[i].key);
-        free((void *)md[i].value);
+    n = (n + 15) & ~(size_t)15;
+    if ((size_t)(c->a_end - c->a_pos) >= n) {
+        void *p = c->a_pos;
+        c->a_pos += n;
+        return p;
     }
-    free(md);
+    size_t cap = n > GRPC__S_ARENA_CHUNK / 2 ? n : GRPC__S_ARENA_CHUNK;
+    grpc__achunk_t *ch = malloc(sizeof *ch + cap);
+    if (!ch)
+        return NULL;
+    ch->next = c->a_spill;
+    c->a_spill = ch;
+    uint8_t *p = (uint8_t *)(ch + 1);
+    if (cap > n) { /* a general chunk becomes the current one */
+        c->a_pos = p + n;
+        c->a_end = p + cap;
+    }
+    return p;
+}
+
+/* Arena copy of [p, p+n) with a NUL after it. */
+static char *grpc__s_strndup(grpc_server_call_t *c, const void *p, size_t n)
+{
+    char *d = grpc__s_alloc(c, n + 1);
+    if (d) {
+        if (n)
+            memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+/* ProtobufCAllocator over the call's arena: the request message is freed
+ * with the call, so free is a no-op. */
+static void *grpc__s_pb_alloc(void *data, size_t n)
+{
+    return grpc__s_alloc(data, n);
+}
+
+static void grpc__s_pb_free(void *data, void *p)
+{
+    (void)data;
+    (void)p;
+}
+
+/* ------------------------------------------------ nghttp2 allocator */
+
+static void *grpc__s_mmalloc(size_t size, void *ud)
+{
+    grpc__mpool_t *mp = ud;
+    /* smallest class holding size: 0 for <= 64, else bit length of (size-1)/64 */
+    uint32_t cls = size <= 64 ? 0
+                   : size > (64u << (GRPC__S_MCLASSES - 1))
+                       ? GRPC__S_MCLASS_BIG
+                       : 32u - (uint32_t)__builtin_clz((uint32_t)((size - 1) >> 6));
+    grpc__mblock_t *b;
+    if (cls < GRPC__S_MCLASSES && (b = mp->free[cls]) != NULL) {
+        mp->free[cls] = b->next;
+        mp->nfree[cls]--;
+    } else {
+        if (cls == GRPC__S_MCLASS_BIG && size > UINT32_MAX - sizeof *b)
+            return NULL;
+        b = malloc(sizeof *b + (cls < GRPC__S_MCLASSES ? (64u << cls) : size));
+        if (!b)
+            return NULL;
+    }
+    b->h.cls = cls;
+    b->h.size = (uint32_t)size;
+    return b + 1;
+}
+
+static void grpc__s_mfree(void *p, void *ud)
+{
+    if (!p)
+        return;
+    grpc__mpool_t *mp = ud;
+    grpc__mblock_t *b = (grpc__mblock_t *)p - 1;
+    uint32_t cls = b->h.cls;
+    if (cls >= GRPC__S_MCLASSES || mp->nfree[cls] >= GRPC__S_MPOOL_BYTES / (64u << cls)) {
+        free(b);
+        return;
+    }
+    b->next = mp->free[cls];
+    mp->free[cls] = b;
+    mp->nfree[cls]++;
+}
+
+static void *grpc__s_mcalloc(size_t n, size_t size, void *ud)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    void *p = grpc__s_mmalloc(n * size, ud);
+    if (p)
+        memset(p, 0, n * size);
+    return p;
+}
+
+static void *grpc__s_mrealloc(void *p, size_t size, void *ud)
+{
+    if (!p)
+        return grpc__s_mmalloc(size, ud);
+    if (size == 0) {
+        grpc__s_mfree(p, ud);
+        return NULL;
+    }
+    grpc__mblock_t *b = (grpc__mblock_t *)p - 1;
+    size_t old = b->h.cls < GRPC__S_MCLASSES ? (64u << b->h.cls) : b->h.size;
+    if (b->h.cls < GRPC__S_MCLASSES && size <= old) {
+        b->h.size = (uint32_t)size;
+        return p;
+    }
+    void *np = grpc__s_mmalloc(size, ud);
+    if (!np)
+        return NULL;
+    memcpy(np, p, old < size ? old : size);
+    grpc__s_mfree(p, ud);
+    return np;
+}
+
+static void grpc__s_mpool_clear(grpc__mpool_t *mp)
+{
+    for (uint32_t i = 0; i < GRPC__S_MCLASSES; i++) {
+        while (mp->free[i]) {
+            grpc__mblock_t *b = mp->free[i];
+            mp->free[i] = b->next;
+            free(b);
+        }
+        mp->nfree[i] = 0;
+    }
 }
 
 static int grpc__s_method_cmp(const void *a, const void *b)
@@ -242,20 +431,46 @@ static void grpc__s_unlink(grpc_server_call_t *c)
     c->next = c->prev = c;
 }
 
+/* A call object for a new stream: from the free list or malloc'd; the
+ * header part zeroed, the arena empty, the span not recording. */
+static grpc_server_call_t *grpc__s_call_new(grpc_server_t *srv)
+{
+    grpc_server_call_t *c = srv->free_calls;
+    if (c) {
+        srv->free_calls = c->next;
+        srv->n_free_calls--;
+    } else if (!(c = malloc(sizeof *c))) {
+        return NULL;
+    }
+    memset(c, 0, GRPC__S_CALL_ZERO);
+    memset(&c->span, 0, offsetof(trace_span_t, _buf));
+    c->a_pos = c->a_inline;
+    c->a_end = c->a_inline + sizeof c->a_inline;
+    return c;
+}
+
 static void grpc__s_call_free(grpc_server_call_t *c)
 {
-    if (c->srv) /* else the timer was stopped when the call ended */
-        loop_timer_stop(c->srv->loop, &c->dl_timer);
+    grpc_server_t *srv = c->srv;
+    if (srv) /* else the timer was stopped when the call ended */
+        loop_timer_stop(srv->loop, &c->dl_timer);
     grpc__s_unlink(c);
-    if (c->msg)
-        protobuf_c_message_free_unpacked(c->msg, NULL);
-    free(c->path);
-    grpc__s_md_free(c->md, c->n_md);
-    grpc__s_md_free(c->tr, c->n_tr);
-    free(c->body);
+    /* c->msg, path, md, tr, resp and a small body live in the arena. */
+    if (c->body_heap)
+        free(c->body);
     free(c->req_owned);
-    free(c->resp);
-    free(c);
+    while (c->a_spill) {
+        grpc__achunk_t *ch = c->a_spill;
+        c->a_spill = ch->next;
+        free(ch);
+    }
+    if (srv && srv->n_free_calls < GRPC__S_FREE_CALLS_MAX) {
+        c->next = srv->free_calls;
+        srv->free_calls = c;
+        srv->n_free_calls++;
+    } else {
+        free(c);
+    }
 }
 
 /* Frees the call when neither its stream nor its handler refers to it. */
@@ -290,7 +505,7 @@ static void grpc__s_end(grpc_server_call_t *c, grpc_status_t st, const char *msg
     loop_timer_stop(c->srv->loop, &c->dl_timer);
     c->srv->st.calls_finished++;
     if (c->span_on) {
-        trace_span_set_int(&c->span, "rpc.grpc.status_code", (int64_t)st);
+        trace_span_set_int_n(&c->span, "rpc.grpc.status_code", sizeof "rpc.grpc.status_code" - 1, (int64_t)st);
         if (grpc__s_is_server_error(st)) {
             trace_span_set_str(&c->span, "error.type", grpc_status_name((int)st));
             trace_span_set_status(&c->span, TRACE_STATUS_ERROR, msg ? msg : "", msg ? strlen(msg) : 0);
@@ -301,6 +516,13 @@ static void grpc__s_end(grpc_server_call_t *c, grpc_status_t st, const char *msg
 }
 
 /* ------------------------------------------------------------ answering */
+
+/* Header fields from literals: nghttp2 need not copy them (it keeps the
+ * pointers until the frame is packed; literals outlive the session). */
+#define GRPC__S_NV_STATIC (NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE)
+#define GRPC__S_NV_LIT(name, value)                                                                \
+    (nghttp2_nv){(uint8_t *)(uintptr_t)(name), (uint8_t *)(uintptr_t)(value), sizeof(name) - 1,     \
+                 sizeof(value) - 1, GRPC__S_NV_STATIC}
 
 static ssize_t grpc__s_read_body(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length,
                                  uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
@@ -318,7 +540,7 @@ static ssize_t grpc__s_read_body(nghttp2_session *ng, int32_t sid, uint8_t *buf,
         *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
         nghttp2_nv nv[2 + GRPC__S_MAX_MD];
         size_t k = 0;
-        nv[k++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)"0", 11, 1, NGHTTP2_NV_FLAG_NONE};
+        nv[k++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)"0", 11, 1, GRPC__S_NV_STATIC};
         for (size_t i = 0; i < c->n_tr && k < sizeof nv / sizeof nv[0]; i++)
             nv[k++] = (nghttp2_nv){(uint8_t *)(uintptr_t)c->tr[i].key, (uint8_t *)(uintptr_t)c->tr[i].value,
                                    strlen(c->tr[i].key), c->tr[i].value_len, NGHTTP2_NV_FLAG_NONE};
@@ -338,41 +560,46 @@ static void grpc__s_send(grpc_server_call_t *c, int http_status, const char *msg
     c->state = GRPC__SC_ANSWERED;
     nghttp2_nv nv[6 + GRPC__S_MAX_MD];
     size_t k = 0;
-    char stbuf[8], hbuf[8];
-    char *enc = NULL;
-#define GRPC__S_NV(kk, v, vl)                                                                      \
-    nv[k++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(kk), (uint8_t *)(uintptr_t)(v), strlen(kk), (vl), \
-                           NGHTTP2_NV_FLAG_NONE}
-    snprintf(hbuf, sizeof hbuf, "%d", http_status);
-    GRPC__S_NV(":status", hbuf, strlen(hbuf));
-    if (http_status != 200) {
-        GRPC__S_NV("content-type", "text/plain", 10);
+    if (http_status != 200) { /* 405 or 415: the request is not gRPC */
+        nv[k++] = http_status == 415 ? GRPC__S_NV_LIT(":status", "415") : GRPC__S_NV_LIT(":status", "405");
+        nv[k++] = GRPC__S_NV_LIT("content-type", "text/plain");
         (void)nghttp2_submit_response(conn->ng, c->sid, nv, k, NULL);
         return;
     }
-    GRPC__S_NV("content-type", "application/grpc", 16);
-    GRPC__S_NV("grpc-accept-encoding", "gzip", 4);
+    nv[k++] = GRPC__S_NV_LIT(":status", "200");
+    nv[k++] = GRPC__S_NV_LIT("content-type", "application/grpc");
+    nv[k++] = GRPC__S_NV_LIT("grpc-accept-encoding", "gzip");
     if (c->status == GRPC_STATUS_OK) {
         nghttp2_data_provider prd = {.source = {.ptr = c}, .read_callback = grpc__s_read_body};
         if (nghttp2_submit_response(conn->ng, c->sid, nv, k, &prd) != 0)
             (void)nghttp2_submit_rst_stream(conn->ng, NGHTTP2_FLAG_NONE, c->sid, NGHTTP2_INTERNAL_ERROR);
         return;
     }
-    snprintf(stbuf, sizeof stbuf, "%d", (int)c->status);
-    GRPC__S_NV("grpc-status", stbuf, strlen(stbuf));
+    /* grpc-status as decimal text, no snprintf (nghttp2 copies the value:
+     * stack buffer) */
+    char stbuf[12], *sp = stbuf + sizeof stbuf;
+    int64_t sv = (int64_t)c->status;
+    uint64_t uv = sv < 0 ? (uint64_t)-sv : (uint64_t)sv;
+    do
+        *--sp = (char)('0' + uv % 10);
+    while ((uv /= 10) != 0);
+    if (sv < 0)
+        *--sp = '-';
+    size_t sl = (size_t)(stbuf + sizeof stbuf - sp);
+    nv[k++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)sp, 11, sl, NGHTTP2_NV_FLAG_NO_COPY_NAME};
     if (msg && *msg) {
-        size_t cap = strlen(msg) * 3 + 1;
-        enc = malloc(cap);
-        if (enc && grpc_percent_encode(msg, strlen(msg), enc, cap) >= 0)
-            GRPC__S_NV("grpc-message", enc, strlen(enc));
+        size_t ml = strlen(msg), cap = ml * 3 + 1;
+        char *enc = grpc__s_alloc(c, cap);
+        long el = enc ? grpc_percent_encode(msg, ml, enc, cap) : -1;
+        if (el >= 0)
+            nv[k++] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)enc, 12, (size_t)el,
+                                   NGHTTP2_NV_FLAG_NO_COPY_NAME};
     }
     for (size_t i = 0; i < c->n_tr && k < sizeof nv / sizeof nv[0]; i++)
         nv[k++] = (nghttp2_nv){(uint8_t *)(uintptr_t)c->tr[i].key, (uint8_t *)(uintptr_t)c->tr[i].value,
                                strlen(c->tr[i].key), c->tr[i].value_len, NGHTTP2_NV_FLAG_NONE};
-#undef GRPC__S_NV
     if (nghttp2_submit_response(conn->ng, c->sid, nv, k, NULL) != 0)
         (void)nghttp2_submit_rst_stream(conn->ng, NGHTTP2_FLAG_NONE, c->sid, NGHTTP2_INTERNAL_ERROR);
-    free(enc);
 }
 
 /* Ends the call with a non-OK status and sends it (Trailers-Only). */
@@ -461,7 +688,8 @@ static void grpc__s_request_done(grpc_server_call_t *c)
         c->req = c->req_owned;
         c->req_len = outlen;
     }
-    c->msg = protobuf_c_message_unpack(c->m->md->input, NULL, c->req_len, c->req);
+    ProtobufCAllocator pba = {.alloc = grpc__s_pb_alloc, .free = grpc__s_pb_free, .allocator_data = c};
+    c->msg = protobuf_c_message_unpack(c->m->md->input, &pba, c->req_len, c->req);
     if (!c->msg) {
         grpc__s_fail(c, GRPC_STATUS_INTERNAL, "grpc: error unmarshalling request");
         return;
@@ -501,19 +729,35 @@ static void grpc__s_headers_done(grpc_server_call_t *c)
         grpc__s_send(c, c->is_post ? 415 : 405, NULL);
         return;
     }
-    const char *svc = c->path + 1, *slash = strchr(svc, '/');
-    if (c->path[0] == '/' && slash && slash > svc && slash[1]) {
+    /* "/service/method": both parts non-empty make it an RPC with a span.
+     * A known method has the split precomputed in its table entry. */
+    c->m = grpc__s_lookup(srv, c->path);
+    const char *svc = c->path + 1;
+    size_t svc_len = 0, meth_len = 0;
+    if (c->m) {
+        svc_len = c->m->svc_len;
+        meth_len = c->m->meth_len;
+    } else if (c->path_len > 1 && c->path[0] == '/') {
+        const char *slash = memchr(svc, '/', c->path_len - 1);
+        if (slash) {
+            svc_len = (size_t)(slash - svc);
+            meth_len = c->path_len - 2 - svc_len;
+        }
+    }
+    if (svc_len && meth_len) {
         trace_context_t parent;
         int has = trace_extract(grpc__s_md_lookup, c, &parent, c->ts, sizeof c->ts, NULL);
-        trace_span_start(&c->span, &grpc__s_scope, svc, strlen(svc), TRACE_KIND_SERVER, has == 0 ? &parent : NULL);
+        trace_span_start(&c->span, &grpc__s_scope, svc, c->path_len - 1, TRACE_KIND_SERVER,
+                         has == 0 ? &parent : NULL);
         c->span_on = true;
-        trace_span_set_str(&c->span, "rpc.system", "grpc");
-        trace_span_set_str_n(&c->span, "rpc.service", 11, svc, (size_t)(slash - svc));
-        trace_span_set_str(&c->span, "rpc.method", slash + 1);
-        trace_span_set_str(&c->span, "server.address", c->conn->addr);
-        trace_span_set_int(&c->span, "server.port", c->conn->port);
+#define GRPC__S_KEY(lit) lit, sizeof lit - 1
+        trace_span_set_str_n(&c->span, GRPC__S_KEY("rpc.system"), "grpc", 4);
+        trace_span_set_str_n(&c->span, GRPC__S_KEY("rpc.service"), svc, svc_len);
+        trace_span_set_str_n(&c->span, GRPC__S_KEY("rpc.method"), svc + svc_len + 1, meth_len);
+        trace_span_set_str_n(&c->span, GRPC__S_KEY("server.address"), c->conn->addr, c->conn->addr_len);
+        trace_span_set_int_n(&c->span, GRPC__S_KEY("server.port"), c->conn->port);
+#undef GRPC__S_KEY
     }
-    c->m = grpc__s_lookup(srv, c->path);
     if (!c->m || !c->m->cb) {
         char msg[300];
         snprintf(msg, sizeof msg, "grpc: unknown method %.256s", c->path);
@@ -538,7 +782,7 @@ static int grpc__s_cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *fr
     grpc__sconn_t *conn = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    grpc_server_call_t *c = calloc(1, sizeof *c);
+    grpc_server_call_t *c = grpc__s_call_new(conn->srv);
     if (!c)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM INTERNAL_ERROR */
     c->srv = conn->srv;
@@ -560,20 +804,20 @@ static int grpc__s_add_md(grpc_server_call_t *c, const uint8_t *name, size_t nam
 {
     if (c->n_md >= GRPC__S_MAX_MD)
         return 0; /* further entries are dropped: bounded per-call memory */
-    if (c->n_md == 0) {
-        c->md = calloc(GRPC__S_MAX_MD, sizeof *c->md);
-        if (!c->md)
+    if (c->n_md == c->md_cap) { /* arena: the old array is left behind */
+        size_t cap = c->md_cap ? c->md_cap * 2 : GRPC__S_MD_CAP0;
+        grpc_md_t *nm = grpc__s_alloc(c, cap * sizeof *nm);
+        if (!nm)
             return -ENOMEM;
+        if (c->n_md)
+            memcpy(nm, c->md, c->n_md * sizeof *nm);
+        c->md = nm;
+        c->md_cap = cap;
     }
-    char *k = malloc(namelen + 1);
-    uint8_t *v = malloc(valuelen + 1);
-    if (!k || !v) {
-        free(k);
-        free(v);
+    char *k = grpc__s_strndup(c, name, namelen);
+    uint8_t *v = grpc__s_alloc(c, valuelen + 1);
+    if (!k || !v)
         return -ENOMEM;
-    }
-    memcpy(k, name, namelen);
-    k[namelen] = '\0';
     size_t vlen = valuelen;
     if (grpc__s_is_bin(k, namelen)) {
         long d = grpc_base64_decode((const char *)value, valuelen, v, valuelen + 1);
@@ -595,11 +839,17 @@ static int grpc__s_cb_header(nghttp2_session *ng, const nghttp2_frame *frame, co
     grpc_server_call_t *c = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (!c || frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0; /* request trailers carry nothing for a unary call */
-    if (grpc__s_eq(name, namelen, ":method")) {
+    /* Dispatch on the name's length first: most fields are none of ours. */
+    bool mine = namelen == 2 || namelen == 5 || namelen == 7 || namelen == 12 || namelen == 13;
+    if (!mine) {
+        if (namelen && name[0] != ':' && !(namelen >= 5 && memcmp(name, "grpc-", 5) == 0) &&
+            grpc__s_add_md(c, name, namelen, value, valuelen) < 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    } else if (grpc__s_eq(name, namelen, ":method")) {
         c->is_post = grpc__s_eq(value, valuelen, "POST");
     } else if (grpc__s_eq(name, namelen, ":path")) {
-        free(c->path);
-        c->path = strndup((const char *)value, valuelen);
+        c->path = grpc__s_strndup(c, value, valuelen); /* NULL: no path, answered 405/415 */
+        c->path_len = c->path ? valuelen : 0;
     } else if (grpc__s_eq(name, namelen, "content-type")) {
         /* "application/grpc" or "application/grpc+proto", ";params" */
         c->ct_ok = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
@@ -637,16 +887,28 @@ static int grpc__s_cb_data(nghttp2_session *ng, uint8_t flags, int32_t sid, cons
         return 0;
     }
     if (c->blen + len > c->bcap) {
-        size_t cap = c->bcap ? c->bcap : 1024;
+        size_t cap = c->bcap ? c->bcap : 128;
         while (cap < c->blen + len)
             cap *= 2;
         if (cap > max)
             cap = max;
-        uint8_t *nb = realloc(c->body, cap);
+        uint8_t *nb;
+        if (cap <= GRPC__S_BODY_ARENA_MAX) { /* small: arena, the old copy stays behind */
+            nb = grpc__s_alloc(c, cap);
+            if (nb && c->blen)
+                memcpy(nb, c->body, c->blen);
+        } else if (c->body_heap) {
+            nb = realloc(c->body, cap);
+        } else {
+            nb = malloc(cap);
+            if (nb && c->blen)
+                memcpy(nb, c->body, c->blen);
+        }
         if (!nb) {
             grpc__s_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "grpc: out of memory for the request");
             return 0;
         }
+        c->body_heap = cap > GRPC__S_BODY_ARENA_MAX;
         c->body = nb;
         c->bcap = cap;
     }
@@ -861,7 +1123,11 @@ static int grpc__s_session_new(grpc__sconn_t *conn)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, grpc__s_cb_data);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, grpc__s_cb_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, grpc__s_cb_stream_close);
-    int rc = nghttp2_session_server_new(&conn->ng, cbs, conn);
+    nghttp2_mem mem = {.mem_user_data = &conn->srv->mpool, .malloc = grpc__s_mmalloc, .free = grpc__s_mfree,
+                       .calloc = grpc__s_mcalloc, .realloc = grpc__s_mrealloc};
+    /* nghttp2 copies mem; mem_user_data (the server's pool) outlives the
+     * session: grpc_server_free() deletes every session first. */
+    int rc = nghttp2_session_server_new3(&conn->ng, cbs, conn, NULL, &mem);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0)
         return -ENOMEM;
@@ -889,6 +1155,7 @@ static grpc__sconn_t *grpc__s_conn_new(grpc_server_t *srv, const char *addr, uin
     conn->calls.next = conn->calls.prev = &conn->calls;
     conn->next = conn->prev = conn;
     snprintf(conn->addr, sizeof conn->addr, "%s", addr);
+    conn->addr_len = strlen(conn->addr);
     conn->port = port;
     loop_timer_init(&conn->ka_timer);
     conn->last_rx_ns = loop_now_ns();
@@ -984,7 +1251,8 @@ int grpc_server_add_service(grpc_server_t *srv, const ProtobufCServiceDescriptor
         if (!path)
             return -ENOMEM; /* methods added so far stay: the table is consistent */
         snprintf(path, n, "/%s/%s", desc->name, md->name);
-        srv->methods[srv->n_methods++] = (grpc__method_t){path, desc, md, handlers[i], arg};
+        srv->methods[srv->n_methods++] =
+            (grpc__method_t){path, strlen(desc->name), strlen(md->name), desc, md, handlers[i], arg};
     }
     qsort(srv->methods, srv->n_methods, sizeof *srv->methods, grpc__s_method_cmp);
     return 0;
@@ -1114,6 +1382,12 @@ void grpc_server_free(grpc_server_t *srv)
     for (size_t i = 0; i < srv->n_methods; i++)
         free(srv->methods[i].path);
     free(srv->methods);
+    while (srv->free_calls) {
+        grpc_server_call_t *c = srv->free_calls;
+        srv->free_calls = c->next;
+        free(c);
+    }
+    grpc__s_mpool_clear(&srv->mpool); /* every session was deleted above */
     free(srv);
 }
 
@@ -1143,7 +1417,7 @@ int grpc_server_reply(grpc_server_call_t *c, grpc_status_t status, const char *m
             grpc__s_maybe_free(c);
             return 0;
         }
-        c->resp = malloc(GRPC_FRAME_HDR + n);
+        c->resp = grpc__s_alloc(c, GRPC_FRAME_HDR + n);
         if (!c->resp) {
             grpc__s_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "grpc: out of memory for the response");
             grpc__s_maybe_free(c);
@@ -1181,17 +1455,14 @@ int grpc_server_call_add_trailer(grpc_server_call_t *c, const char *key, const u
             if (value[i] < 0x20 || value[i] > 0x7e)
                 return -EINVAL; /* ASCII metadata only: binary needs a -bin key */
     if (c->n_tr == 0) {
-        c->tr = calloc(GRPC__S_MAX_MD, sizeof *c->tr);
+        c->tr = grpc__s_alloc(c, GRPC__S_MAX_MD * sizeof *c->tr);
         if (!c->tr)
             return -ENOMEM;
     }
     size_t cap = bin ? grpc_base64_encoded_len(len) + 1 : len + 1;
-    char *k = strdup(key), *v = malloc(cap);
-    if (!k || !v) {
-        free(k);
-        free(v);
+    char *k = grpc__s_strndup(c, key, kl), *v = grpc__s_alloc(c, cap);
+    if (!k || !v)
         return -ENOMEM;
-    }
     size_t vl = len;
     if (bin) {
         vl = (size_t)grpc_base64_encode(value, len, v, cap);
