@@ -309,7 +309,8 @@ typedef struct st_h1c_req_t {
     char *out;                   /* serialised request */
     size_t out_len, out_cap;
     uint64_t timeout_ns;
-    loop_timer_t timer;
+    loop_timer_t timer;          /* the timeout, or a deferred failure */
+    int pending_err;             /* != 0: fail with it when the timer fires */
     bool done;
     trace_span_t span;
 } h1c_req_t;
@@ -344,6 +345,7 @@ struct st_http1c_client_t {
     h1c_req_t *qhead, *qtail;
     unsigned qlen;
     h1c_req_t *free_reqs;
+    h1c_req_t *deferred;  /* failed, callback due in the next timer phase */
     loop_timer_t idle_timer;
     http1c_counters_t cnt;
     char *decode;         /* de-chunking buffer, max_body_bytes */
@@ -429,12 +431,45 @@ static void h1c__conn_discard(h1c_conn_t *cn)
     loop_conn_close(cn->lc, h1c__on_close);
 }
 
+static void h1c__timeout(loop_t *loop, loop_timer_t *t, void *arg);
+
+/* Fails r from the next timer phase: dispatch runs inside http1c_request,
+ * whose callback must never run synchronously (the loop's contract). */
+static void h1c__fail_later(h1c_req_t *r, int err)
+{
+    http1c_client_t *c = r->client;
+    r->conn = NULL;
+    r->pending_err = err;
+    if (loop_timer_start(c->loop, &r->timer, 0, 0, h1c__timeout, r) != 0) {
+        h1c__finish(r, err, NULL); /* timer heap full: no other way left */
+        return;
+    }
+    r->next = c->deferred;
+    c->deferred = r;
+}
+
+static void h1c__unlink_deferred(http1c_client_t *c, h1c_req_t *r)
+{
+    for (h1c_req_t **pp = &c->deferred; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            r->next = NULL;
+            return;
+        }
+}
+
 static void h1c__timeout(loop_t *loop, loop_timer_t *t, void *arg)
 {
     (void)loop;
     (void)t;
     h1c_req_t *r = arg;
     http1c_client_t *c = r->client;
+    if (r->pending_err != 0) {
+        h1c__unlink_deferred(c, r);
+        h1c__finish(r, r->pending_err, NULL);
+        h1c__dispatch(c);
+        return;
+    }
     if (r->conn != NULL) {
         h1c_conn_t *cn = r->conn;
         h1c__conn_fail(cn, -ETIMEDOUT);
@@ -462,8 +497,11 @@ static void h1c__send(h1c_conn_t *cn)
     cn->state = H1C_BUSY;
     cn->rx_len = 0;
     int ret = loop_conn_write_copy(cn->lc, r->out, r->out_len);
-    if (ret < 0)
-        h1c__conn_fail(cn, ret == -EPIPE ? -ECONNRESET : ret);
+    if (ret < 0) {
+        cn->req = NULL;
+        h1c__conn_discard(cn);
+        h1c__fail_later(r, ret == -EPIPE ? -ECONNRESET : ret);
+    }
 }
 
 /* Tries to complete the response in cn->rx.  Returns 1 done, 0 need more,
@@ -641,7 +679,7 @@ static void h1c__dispatch(http1c_client_t *c)
         }
         h1c_conn_t *cn = calloc(1, sizeof *cn);
         if (cn == NULL) {
-            h1c__finish(r, -ENOMEM, NULL);
+            h1c__fail_later(r, -ENOMEM);
             continue;
         }
         cn->client = c;
@@ -653,8 +691,7 @@ static void h1c__dispatch(http1c_client_t *c)
         int ret = loop_connect(c->loop, c->ip, c->port, cto, h1c__on_connect, cn, &cn->lc);
         if (ret < 0) {
             free(cn);
-            r->conn = NULL;
-            h1c__finish(r, ret, NULL);
+            h1c__fail_later(r, ret);
             continue;
         }
         cn->next = c->conns;
@@ -735,6 +772,11 @@ void http1c_client_free(http1c_client_t *c)
         h1c__finish(r, -ECANCELED, NULL);
     }
     c->qtail = NULL;
+    while (c->deferred != NULL) {
+        h1c_req_t *r = c->deferred;
+        c->deferred = r->next;
+        h1c__finish(r, r->pending_err, NULL);
+    }
     for (h1c_conn_t *cn = c->conns; cn != NULL;) {
         h1c_conn_t *next = cn->next;
         h1c_req_t *r = cn->req;
@@ -822,6 +864,7 @@ int http1c_request(http1c_client_t *c, const http1c_request_t *rq, http1c_cb cb,
     r->cb = cb;
     r->arg = arg;
     r->out_len = 0;
+    r->pending_err = 0;
     r->done = false;
     r->timeout_ns = (uint64_t)(rq->timeout_ms ? rq->timeout_ms : c->o.timeout_ms) * 1000000u;
     loop_timer_init(&r->timer);

@@ -341,7 +341,7 @@ static void test_sim(const char *sim_path)
               m.ok, (unsigned long long)k.connects);
     http1c_client_free(c);
     /* refused: the simulator gone */
-    pt_stop(&sim);
+    tap_check(pt_stop(&sim) == 0, "sim: exits 0 on SIGTERM (no leak report under ASan)");
     http1c_client_new(g_loop, "127.0.0.1", (uint16_t)sim.port, &o, &c);
     do_req(c, "POST", "/v1/charges", "{}", 0, NULL, &x);
     s = last_span("POST");
