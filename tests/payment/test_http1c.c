@@ -361,6 +361,73 @@ static void test_sim(const char *sim_path)
     unlink(log);
 }
 
+/* Rates are drawn per order id from the seed: the same ids give the same
+ * outcomes on a second pass and the shares are near the configured rates. */
+typedef struct {
+    int left;
+    char out[100];
+} rates_t;
+
+typedef struct {
+    rates_t *r;
+    int i;
+} rate_req_t;
+
+static void on_rate(int err, const http1c_response_t *res, void *arg)
+{
+    rate_req_t *q = arg;
+    q->r->left--;
+    q->r->out[q->i] = err ? 'T' : res->status == 200 ? 'A' : res->status == 402 ? 'D' : res->status == 500 ? 'E' : '?';
+}
+
+static bool rates_done(void *arg) { return ((rates_t *)arg)->left == 0; }
+
+static void run_rates(http1c_client_t *c, rates_t *r)
+{
+    static rate_req_t q[100];
+    r->left = 100;
+    for (int i = 0; i < 100; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"order_id\":\"rate-%d\",\"amount_cents\":100,\"currency\":\"EUR\"}", i);
+        q[i] = (rate_req_t){r, i};
+        http1c_request_t rq = {.method = "POST", .path = "/v1/charges", .body = body,
+                               .body_len = strlen(body), .timeout_ms = 300};
+        if (http1c_request(c, &rq, on_rate, &q[i]) != 0)
+            r->left--;
+    }
+    dbt_run_until(g_loop, rates_done, r, 10000);
+}
+
+static void test_rates(const char *sim_path)
+{
+    const char *argv[] = {sim_path, "--config", "/dev/null", "--port", "0", NULL};
+    const char *env[] = {"SHOP_PAYMENT_SIM_LATENCY_MS=1", "SHOP_PAYMENT_SIM_JITTER_MS=2",
+                         "SHOP_PAYMENT_SIM_DECLINE_RATE=0.3", "SHOP_PAYMENT_SIM_ERROR_RATE=0.2",
+                         "SHOP_PAYMENT_SIM_HANG_RATE=0.1", "SHOP_PAYMENT_SIM_SEED=7", NULL};
+    pt_child_t sim;
+    if (pt_spawn(&sim, argv, env, "/dev/null") != 0) {
+        tap_check(0, "rates: simulator starts");
+        pt_stop(&sim);
+        return;
+    }
+    http1c_client_t *c;
+    http1c_opts_t o = {.max_conns = 16};
+    http1c_client_new(g_loop, "127.0.0.1", (uint16_t)sim.port, &o, &c);
+    rates_t a = {0}, b = {0};
+    run_rates(c, &a);
+    run_rates(c, &b);
+    int n[128] = {0};
+    for (int i = 0; i < 100; i++)
+        n[(unsigned char)a.out[i]]++;
+    tap_check(memcmp(a.out, b.out, 100) == 0, "rates: same seed and order ids, same outcomes twice");
+    tap_check(n['D'] >= 15 && n['D'] <= 45 && n['E'] >= 8 && n['E'] <= 35 && n['T'] >= 2 && n['T'] <= 22 &&
+                  n['A'] + n['D'] + n['E'] + n['T'] == 100,
+              "rates: decline 0.3, error 0.2, hang 0.1 of 100 ids: %d declined, %d errors, %d hung, %d approved",
+              n['D'], n['E'], n['T'], n['A']);
+    http1c_client_free(c);
+    pt_stop(&sim);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -373,6 +440,7 @@ int main(int argc, char **argv)
     test_parsers();
     test_raw();
     test_sim(argv[1]);
+    test_rates(argv[1]);
     loop_destroy(g_loop);
     trace_shutdown();
     return tap_done();
