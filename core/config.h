@@ -160,7 +160,43 @@ typedef enum {
     X(POSTGRES_STATEMENT_TIMEOUT, "postgres", "statement_timeout", CONFIG_T_INT, "5000", 0,   \
       3600000, NULL, "", "ms the server lets one statement run (0 = no limit)")              \
     X(POSTGRES_CONNECT_TIMEOUT, "postgres", "connect_timeout", CONFIG_T_INT, "5000", 100,     \
-      600000, NULL, "", "ms one connection attempt may take")
+      600000, NULL, "", "ms one connection attempt may take")                                 \
+    X(GATEWAY_ADDRESS, "gateway", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, "",        \
+      "numeric address the gateway's HTTP server listens on")                                \
+    X(GATEWAY_PORT, "gateway", "port", CONFIG_T_INT, "8080", 0, 65535, NULL, "",              \
+      "HTTP port of the gateway (0 = any free port, printed at start-up)")                   \
+    X(GATEWAY_USER_SVC, "gateway", "user_svc", CONFIG_T_STR, "127.0.0.1:9091", 3, 63, NULL, "", \
+      "user-svc's gRPC address as numeric IP:PORT")                                          \
+    X(GATEWAY_ORDER_SVC, "gateway", "order_svc", CONFIG_T_STR, "127.0.0.1:9090", 3, 63, NULL,  \
+      "", "order-svc's gRPC address as numeric IP:PORT")                                     \
+    X(GATEWAY_UPSTREAM_TIMEOUT, "gateway", "upstream_timeout", CONFIG_T_INT, "3000", 10,      \
+      600000, NULL, "", "ms deadline of each gRPC call to user-svc/order-svc (504 past it)")  \
+    X(GATEWAY_JWT_SECRET, "gateway", "jwt_secret", CONFIG_T_STR, "shop-trace-dev-secret", 16, \
+      255, NULL, "", "HS256 key of the bearer tokens (change it outside demos)")             \
+    X(GATEWAY_TOKEN_TTL, "gateway", "token_ttl", CONFIG_T_INT, "3600", 1, 31536000, NULL, "", \
+      "seconds a token printed by `gateway --token ID` stays valid")                        \
+    X(GATEWAY_RATE_USER, "gateway", "rate_user", CONFIG_T_INT, "100", 0, 10000000, NULL, "",  \
+      "requests/s one authenticated user may make (token bucket refill; 0 = no limit)")      \
+    X(GATEWAY_BURST_USER, "gateway", "burst_user", CONFIG_T_INT, "200", 1, 10000000, NULL,    \
+      "", "token bucket size per user (requests allowed at once)")                           \
+    X(GATEWAY_RATE_ADDR, "gateway", "rate_addr", CONFIG_T_INT, "1000", 0, 10000000, NULL, "", \
+      "requests/s one client address may make on /api/* (0 = no limit)")                    \
+    X(GATEWAY_BURST_ADDR, "gateway", "burst_addr", CONFIG_T_INT, "2000", 1, 10000000, NULL,   \
+      "", "token bucket size per client address")                                            \
+    X(GATEWAY_RATE_ENTRIES, "gateway", "rate_entries", CONFIG_T_POW2, "4096", 64, 16777216,   \
+      NULL, "", "buckets kept per limiter (power of two; the least recently used goes)")     \
+    X(GATEWAY_MAX_CONNS, "gateway", "max_conns", CONFIG_T_INT, "10000", 1, 1000000, NULL, "", \
+      "open client connections; more are answered 503 and closed")                          \
+    X(GATEWAY_MAX_HEADER_BYTES, "gateway", "max_header_bytes", CONFIG_T_SIZE, "8K", 256,      \
+      65536, NULL, "", "request line + headers; more is 431")                                 \
+    X(GATEWAY_MAX_HEADERS, "gateway", "max_headers", CONFIG_T_INT, "64", 4, 256, NULL, "",    \
+      "header lines per request; more is 431")                                               \
+    X(GATEWAY_MAX_BODY, "gateway", "max_body", CONFIG_T_SIZE, "64K", 0, 16777216, NULL, "",   \
+      "request body bytes (Content-Length); more is 413")                                    \
+    X(GATEWAY_READ_TIMEOUT, "gateway", "read_timeout", CONFIG_T_INT, "10000", 10, 600000,     \
+      NULL, "", "ms from a request's first byte to its last; slower is 408")                 \
+    X(GATEWAY_IDLE_TIMEOUT, "gateway", "idle_timeout", CONFIG_T_INT, "60000", 10, 3600000,    \
+      NULL, "", "ms a keep-alive connection may sit idle before it is closed")
 
 typedef enum {
 #define CONFIG__ENUM(id, ...) CONFIG_##id,
