@@ -161,6 +161,31 @@ typedef enum {
       3600000, NULL, "", "ms the server lets one statement run (0 = no limit)")              \
     X(POSTGRES_CONNECT_TIMEOUT, "postgres", "connect_timeout", CONFIG_T_INT, "5000", 100,     \
       600000, NULL, "", "ms one connection attempt may take")                                 \
+    X(REDIS_HOST, "redis", "host", CONFIG_T_STR, "127.0.0.1", 2, 63, NULL, "",                \
+      "numeric address of the Redis server (user-svc's cache; no DNS on the loop)")         \
+    X(REDIS_PORT, "redis", "port", CONFIG_T_INT, "6379", 1, 65535, NULL, "", "Redis port")   \
+    X(REDIS_COMMAND_TIMEOUT, "redis", "command_timeout", CONFIG_T_INT, "50", 1, 60000, NULL,  \
+      "", "ms a cache command may take before the caller falls back to PostgreSQL")         \
+    X(REDIS_CONNECT_TIMEOUT, "redis", "connect_timeout", CONFIG_T_INT, "1000", 10, 600000,    \
+      NULL, "", "ms one connection attempt may take (reconnects back off up to 2 s)")        \
+    X(USER_SVC_ADDRESS, "user_svc", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, "",      \
+      "numeric address user-svc's gRPC server listens on")                                   \
+    X(USER_SVC_PORT, "user_svc", "port", CONFIG_T_INT, "9091", 0, 65535, NULL, "",            \
+      "gRPC port of user-svc (0 = any free port, printed at start-up)")                      \
+    X(USER_SVC_CACHE_TTL, "user_svc", "cache_ttl", CONFIG_T_INT, "300", 1, 604800, NULL, "",  \
+      "seconds a user read from PostgreSQL stays in the Redis cache")                        \
+    X(INVENTORY_SVC_ADDRESS, "inventory_svc", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, \
+      "", "numeric address inventory-svc's gRPC server listens on")                          \
+    X(INVENTORY_SVC_PORT, "inventory_svc", "port", CONFIG_T_INT, "9092", 0, 65535, NULL, "",  \
+      "gRPC port of inventory-svc (0 = any free port, printed at start-up)")                 \
+    X(ORDER_SVC_ADDRESS, "order_svc", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, "",    \
+      "numeric address order-svc's gRPC server listens on")                                  \
+    X(ORDER_SVC_PORT, "order_svc", "port", CONFIG_T_INT, "9090", 0, 65535, NULL, "",          \
+      "gRPC port of order-svc (0 = any free port, printed at start-up)")                     \
+    X(PAYMENT_SVC_ADDRESS, "payment_svc", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, "", \
+      "numeric address payment-svc's gRPC server listens on")                                \
+    X(PAYMENT_SVC_PORT, "payment_svc", "port", CONFIG_T_INT, "9093", 0, 65535, NULL, "",      \
+      "gRPC port of payment-svc (0 = any free port, printed at start-up)")                   \
     X(GATEWAY_ADDRESS, "gateway", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, "",        \
       "numeric address the gateway's HTTP server listens on")                                \
     X(GATEWAY_PORT, "gateway", "port", CONFIG_T_INT, "8080", 0, 65535, NULL, "",              \
@@ -196,7 +221,9 @@ typedef enum {
     X(GATEWAY_READ_TIMEOUT, "gateway", "read_timeout", CONFIG_T_INT, "10000", 10, 600000,     \
       NULL, "", "ms from a request's first byte to its last; slower is 408")                 \
     X(GATEWAY_IDLE_TIMEOUT, "gateway", "idle_timeout", CONFIG_T_INT, "60000", 10, 3600000,    \
-      NULL, "", "ms a keep-alive connection may sit idle before it is closed")
+      NULL, "", "ms a keep-alive connection may sit idle before it is closed")               \
+    X(SERVICE_SHUTDOWN_GRACE, "service", "shutdown_grace", CONFIG_T_INT, "10000", 0, 600000,  \
+      NULL, "", "ms a service lets calls in flight finish after SIGTERM before resetting them")
 
 typedef enum {
 #define CONFIG__ENUM(id, ...) CONFIG_##id,
