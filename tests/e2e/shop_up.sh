@@ -74,7 +74,10 @@ check "status prints the ring's counters" grep -qi 'written' "$STATE/status.out"
 
 # One order: user123 buys 1 x prod456 (db/seed.sql).
 if [ "$gateway" = 1 ]; then
+  token=$("$SHOP_BUILD/services/gateway/gateway" --config "$STATE/run/shop.conf" --token user123 2>/dev/null)
+  check "./shop up prints a demo token" grep -qE "demo token \(user123\) +ey" "$STATE/up.out"
   code=$(curl -sS -o "$STATE/order.out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+    -H "Authorization: Bearer $token" -H "Idempotency-Key: e2e-$$" \
     -d '{"user_id":"user123","product_id":"prod456","quantity":1,"amount":49.99}' \
     "http://127.0.0.1:$((base + 20))/api/orders")
   check "POST /api/orders through the gateway: 201 (got $code)" [ "$code" = 201 ]
@@ -85,6 +88,7 @@ else
   rc=$?
   check "CreateOrder at order-svc (grpcurl; no gateway yet)" [ "$rc" = 0 ]
 fi
+echo >>"$STATE/order.out"
 diag <"$STATE/order.out"
 
 found=0
