@@ -116,6 +116,7 @@ typedef struct st_gw_req_t gw_req_t;
 
 struct st_gw_conn_t {
     gw_t *gw;
+    gw_conn_t *prev, *next; /* gw->conn_list: every connection not yet closing */
     loop_conn_t *lc;
     char *in;            /* received, unanswered bytes */
     size_t in_len;       /* in_len <= in_cap */
@@ -161,6 +162,7 @@ struct st_gw_t {
     uint64_t read_ns, idle_ns;
     uint64_t max_conns, conns;
     const char *secret;
+    gw_conn_t *conn_list; /* for shutdown: idle connections close at once */
     bool stopping;
     /* metrics */
     uint64_t req_count[GW_R__COUNT][GW_NCODES];
@@ -1340,6 +1342,12 @@ static void gw_conn_close(gw_conn_t *c)
     if (c->closing)
         return;
     c->closing = true;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->gw->conn_list = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     loop_timer_stop(c->gw->loop, &c->timer);
     if (c->req != NULL) { /* an upstream call is out: the request lives on alone */
         c->req->conn = NULL;
@@ -1503,6 +1511,10 @@ static void gw_on_accept(loop_listener_t *l, loop_conn_t *lc, void *arg)
     c->in = GW_MALLOC(c->in_cap);
     loop_timer_init(&c->timer);
     loop_conn_set_data(lc, c);
+    c->next = gw->conn_list;
+    if (c->next)
+        c->next->prev = c;
+    gw->conn_list = c;
     gw->conns++;
     gw->conns_total++;
     struct sockaddr_storage ss;
@@ -1563,6 +1575,15 @@ static void gw_on_signal(loop_t *loop, int signo, void *arg)
     gw->stopping = true;
     gw->listener = NULL;
     loop_shutdown(loop, loop_now_ns() + 10ull * 1000000000ull, NULL);
+    /* idle keep-alive connections go now; busy ones answer with
+     * Connection: close and go after their answer */
+    for (gw_conn_t *c = gw->conn_list, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->req == NULL && c->in_len == 0 && c->writes == 0)
+            gw_conn_close(c);
+        else if (c->req != NULL)
+            c->req->conn_close = true;
+    }
 }
 
 static void gw_log_line(void *u, const char *s)
