@@ -65,31 +65,6 @@ typedef enum {
       NULL, "OTEL_SPAN_EVENT_COUNT_LIMIT", "events kept per span")                           \
     X(TRACING_LINK_COUNT, "tracing", "link_count_limit", CONFIG_T_INT, "128", 0, 4096,        \
       NULL, "OTEL_SPAN_LINK_COUNT_LIMIT", "links kept per span")                             \
-    X(PAYMENT_SVC_PROCESSOR_ADDRESS, "payment_svc", "processor_address", CONFIG_T_STR,      \
-      "127.0.0.1", 2, 63, NULL, "", "numeric address of the payment processor (shop-payment-sim)") \
-    X(PAYMENT_SVC_PROCESSOR_PORT, "payment_svc", "processor_port", CONFIG_T_INT, "9099", 1,    \
-      65535, NULL, "", "HTTP port of the payment processor")                                  \
-    X(PAYMENT_SVC_PROCESSOR_TIMEOUT, "payment_svc", "processor_timeout", CONFIG_T_INT, "2000", \
-      10, 600000, NULL, "", "ms one charge may take at the processor (connect included); "   \
-      "then the outcome is unknown and the call answers UNAVAILABLE")                         \
-    X(PAYMENT_SVC_PROCESSOR_CONNS, "payment_svc", "processor_connections", CONFIG_T_INT, "16", \
-      1, 1024, NULL, "", "keep-alive connections payment-svc keeps to the processor")        \
-    X(PAYMENT_SIM_ADDRESS, "payment_sim", "address", CONFIG_T_STR, "127.0.0.1", 2, 63, NULL,  \
-      "", "numeric address shop-payment-sim listens on")                                     \
-    X(PAYMENT_SIM_PORT, "payment_sim", "port", CONFIG_T_INT, "9099", 0, 65535, NULL, "",      \
-      "HTTP port of shop-payment-sim (0 = any free port, printed at start-up)")              \
-    X(PAYMENT_SIM_LATENCY, "payment_sim", "latency_ms", CONFIG_T_INT, "30", 0, 600000, NULL,  \
-      "", "fixed ms before the simulator answers a charge")                                  \
-    X(PAYMENT_SIM_JITTER, "payment_sim", "jitter_ms", CONFIG_T_INT, "20", 0, 600000, NULL,    \
-      "", "extra ms, 0..jitter_ms, drawn per order id from the seed")                         \
-    X(PAYMENT_SIM_DECLINE_RATE, "payment_sim", "decline_rate", CONFIG_T_RATIO, "0.05", 0, 0,  \
-      NULL, "", "share of charges declined (402), chosen per order id from the seed")        \
-    X(PAYMENT_SIM_ERROR_RATE, "payment_sim", "error_rate", CONFIG_T_RATIO, "0.02", 0, 0,      \
-      NULL, "", "share of charges answered 500, chosen per order id from the seed")          \
-    X(PAYMENT_SIM_HANG_RATE, "payment_sim", "hang_rate", CONFIG_T_RATIO, "0", 0, 0, NULL, "", \
-      "share of charges never answered (the caller times out), per order id")                \
-    X(PAYMENT_SIM_SEED, "payment_sim", "seed", CONFIG_T_INT, "1", 0, 2147483647, NULL, "",    \
-      "seed of the per-order-id draws: same seed and order id, same outcome and latency")    \
     X(KAFKA_BOOTSTRAP_SERVERS, "kafka", "bootstrap_servers", CONFIG_T_STR, "127.0.0.1:9092", \
       1, 255, NULL, "", "host:port[,host:port...] of the brokers (shop-kafka-mock prints its own)") \
     X(KAFKA_CLIENT_ID, "kafka", "client_id", CONFIG_T_STR, "shop-trace", 1, 255, NULL, "",    \
@@ -186,6 +161,31 @@ typedef enum {
       "numeric address payment-svc's gRPC server listens on")                                \
     X(PAYMENT_SVC_PORT, "payment_svc", "port", CONFIG_T_INT, "9093", 0, 65535, NULL, "",      \
       "gRPC port of payment-svc (0 = any free port, printed at start-up)")                   \
+    X(PAYMENT_SVC_PROCESSOR_ADDRESS, "payment_svc", "processor_address", CONFIG_T_STR,      \
+      "127.0.0.1", 2, 63, NULL, "", "numeric address of the payment processor (shop-payment-sim)") \
+    X(PAYMENT_SVC_PROCESSOR_PORT, "payment_svc", "processor_port", CONFIG_T_INT, "9099", 1,    \
+      65535, NULL, "", "HTTP port of the payment processor")                                  \
+    X(PAYMENT_SVC_PROCESSOR_TIMEOUT, "payment_svc", "processor_timeout", CONFIG_T_INT, "2000", \
+      10, 600000, NULL, "", "ms one charge may take at the processor (connect included); "   \
+      "then the outcome is unknown and the call answers UNAVAILABLE")                         \
+    X(PAYMENT_SVC_PROCESSOR_CONNS, "payment_svc", "processor_connections", CONFIG_T_INT, "16", \
+      1, 1024, NULL, "", "keep-alive connections payment-svc keeps to the processor")        \
+    X(PAYMENT_SIM_ADDRESS, "payment_sim", "address", CONFIG_T_STR, "127.0.0.1", 2, 63, NULL,  \
+      "", "numeric address shop-payment-sim listens on")                                     \
+    X(PAYMENT_SIM_PORT, "payment_sim", "port", CONFIG_T_INT, "9099", 0, 65535, NULL, "",      \
+      "HTTP port of shop-payment-sim (0 = any free port, printed at start-up)")              \
+    X(PAYMENT_SIM_LATENCY, "payment_sim", "latency_ms", CONFIG_T_INT, "30", 0, 600000, NULL,  \
+      "", "fixed ms before the simulator answers a charge")                                  \
+    X(PAYMENT_SIM_JITTER, "payment_sim", "jitter_ms", CONFIG_T_INT, "20", 0, 600000, NULL,    \
+      "", "extra ms, 0..jitter_ms, drawn per order id from the seed")                         \
+    X(PAYMENT_SIM_DECLINE_RATE, "payment_sim", "decline_rate", CONFIG_T_RATIO, "0.05", 0, 0,  \
+      NULL, "", "share of charges declined (402), chosen per order id from the seed")        \
+    X(PAYMENT_SIM_ERROR_RATE, "payment_sim", "error_rate", CONFIG_T_RATIO, "0.02", 0, 0,      \
+      NULL, "", "share of charges answered 500, chosen per order id from the seed")          \
+    X(PAYMENT_SIM_HANG_RATE, "payment_sim", "hang_rate", CONFIG_T_RATIO, "0", 0, 0, NULL, "", \
+      "share of charges never answered (the caller times out), per order id")                \
+    X(PAYMENT_SIM_SEED, "payment_sim", "seed", CONFIG_T_INT, "1", 0, 2147483647, NULL, "",    \
+      "seed of the per-order-id draws: same seed and order id, same outcome and latency")    \
     X(GATEWAY_ADDRESS, "gateway", "address", CONFIG_T_STR, "0.0.0.0", 2, 63, NULL, "",        \
       "numeric address the gateway's HTTP server listens on")                                \
     X(GATEWAY_PORT, "gateway", "port", CONFIG_T_INT, "8080", 0, 65535, NULL, "",              \
