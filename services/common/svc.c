@@ -438,7 +438,12 @@ grpc_status_t svc_pg_status(int status, const PGresult *r)
 {
     switch (status) {
     case 0: return GRPC_STATUS_OK;
-    case PG_ERR_TIMEOUT: return GRPC_STATUS_DEADLINE_EXCEEDED;
+    case PG_ERR_TIMEOUT:
+        /* A query that timed out in the queue of a pool with no connection
+         * says "database unreachable" (retry elsewhere/later), not "slow". */
+        if (svc__self && svc__self->pg && pg_pool_ready(svc__self->pg) == 0)
+            return GRPC_STATUS_UNAVAILABLE;
+        return GRPC_STATUS_DEADLINE_EXCEEDED;
     case PG_ERR_CONNECTION:
     case PG_ERR_SHUTDOWN:
     case PG_ERR_TXN:

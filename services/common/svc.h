@@ -150,7 +150,8 @@ const trace_context_t *svc_call_ctx(grpc_server_call_t *call);
 int svc_check_id(const char *id, const char *field, char *msg, size_t cap);
 
 /* ---- database errors -> gRPC status (with a precise message) ----
- * PostgreSQL: PG_ERR_TIMEOUT and SQLSTATE 57014 -> DEADLINE_EXCEEDED;
+ * PostgreSQL: PG_ERR_TIMEOUT and SQLSTATE 57014 -> DEADLINE_EXCEEDED, but
+ * UNAVAILABLE when the pool has no ready connection (unreachable server);
  * PG_ERR_CONNECTION, PG_ERR_TXN, PG_ERR_SHUTDOWN, -ENOTCONN, class 08
  * (connection), 57P0x (server shutting down), 53xxx (resources) ->
  * UNAVAILABLE; 40001/40P01 (serialization, deadlock) -> ABORTED; 23505

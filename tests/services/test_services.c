@@ -40,7 +40,7 @@
 #define MS 1000000ull
 
 static const char *g_pgh, *g_rh, *g_migrate, *g_migdir, *g_seed, *g_user_bin, *g_inv_bin;
-static char g_tmp[64], g_conf[128], g_redis_dir[128], g_pgci[256], g_ring_name[64];
+static char g_tmp[64], g_conf[160], g_redis_dir[128], g_pgci[256], g_ring_name[64];
 static loop_t *g_loop;
 static ring_t *g_ring;
 
@@ -649,6 +649,48 @@ static void test_sigterm(void)
               "no sanitizer report in the services' logs");
 }
 
+/* inventory-svc whose PostgreSQL is unreachable: NOT_SERVING, and calls
+ * fail with a status that says so (no hang past the query timeout). */
+static void test_dead_pg(const char *rport)
+{
+    char conf[160];
+    snprintf(conf, sizeof conf, "%s/deadpg.conf", g_tmp);
+    FILE *f = fopen(conf, "w");
+    fprintf(f,
+            "[ring]\nname = %s\nlanes = 8\nlane_size = 1M\nmax_record = 16K\n"
+            "[postgres]\nhost = 127.0.0.1\nport = 1\ndbname = shop\nuser = postgres\npool_size = 1\n"
+            "statement_timeout = 300\nconnect_timeout = 100\n"
+            "[redis]\nport = %s\n[inventory_svc]\naddress = 127.0.0.1\nport = 0\n",
+            g_ring_name, rport);
+    fclose(f);
+    char saved[160];
+    snprintf(saved, sizeof saved, "%s", g_conf);
+    snprintf(g_conf, sizeof g_conf, "%s", conf);
+    proc_t p;
+    int rc = svc_start(&p, g_inv_bin, "deadpg");
+    snprintf(g_conf, sizeof g_conf, "%s", saved);
+    if (!tap_check(rc == 0, "inventory-svc starts with PostgreSQL unreachable"))
+        return;
+    char err[256];
+    grpc_channel_t *ch;
+    grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)p.port, NULL, &ch, err, sizeof err);
+    int st = health(ch);
+    tap_check(st == 2, "Health/Check without PostgreSQL: NOT_SERVING (%d)", st);
+    Shop__V1__CheckStockRequest req = SHOP__V1__CHECK_STOCK_REQUEST__INIT;
+    req.product_id = (char *)"prod456";
+    req.quantity = 1;
+    call_t c;
+    call_sync(ch, CHECK, &req.base, &c);
+    tap_check(c.status == GRPC_STATUS_UNAVAILABLE &&
+                  strstr(c.message, "CheckStock") && c.ns < 5000 * MS,
+              "CheckStock without PostgreSQL: %s \"%s\" after %llu ms", grpc_status_name(c.status), c.message,
+              (unsigned long long)(c.ns / MS));
+    grpc_channel_free(ch);
+    kill(p.pid, SIGTERM);
+    st = svc_wait(&p, 5000);
+    tap_check(st == 0, "that inventory-svc exits 0 after SIGTERM (%d)", st);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 8) {
@@ -724,6 +766,7 @@ int main(int argc, char **argv)
         test_health();
         test_user(rport);
         test_inventory(db);
+        test_dead_pg(rport);
         test_sigterm();
         grpc_channel_free(g_uch);
         grpc_channel_free(g_ich);
