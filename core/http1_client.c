@@ -311,6 +311,8 @@ typedef struct st_h1c_req_t {
     uint64_t timeout_ns;
     loop_timer_t timer;          /* the timeout, or a deferred failure */
     int pending_err;             /* != 0: fail with it when the timer fires */
+    bool replayable;             /* GET/HEAD/OPTIONS/TRACE or an Idempotency-Key header */
+    bool retried;                /* sent again once on a fresh connection */
     bool done;
     trace_span_t span;
 } h1c_req_t;
@@ -415,8 +417,27 @@ static void h1c__conn_fail(h1c_conn_t *cn, int err)
     h1c_req_t *r = cn->req;
     cn->req = NULL;
     h1c__conn_discard(cn);
-    if (r != NULL)
-        h1c__finish(r, err, NULL);
+    if (r == NULL)
+        return;
+    /* The keep-alive race: the server closed the idle connection while our
+     * request was on its way, so not one byte came back.  Like Go's
+     * net/http Transport, send a replayable request once more on a fresh
+     * connection; anything else fails (a POST may have been acted on). */
+    if (cn->reused && cn->rx_len == 0 && r->replayable && !r->retried && cn->client != NULL &&
+        (err == -ECONNRESET || err == -EPIPE || err == -ECONNABORTED)) {
+        http1c_client_t *c = cn->client;
+        r->retried = true;
+        r->conn = NULL;
+        c->cnt.retries++;
+        trace_span_add_event(&r->span, "retry", 5, 0, NULL, 0);
+        r->next = c->qhead;
+        c->qhead = r;
+        if (c->qtail == NULL)
+            c->qtail = r;
+        c->qlen++;
+        return; /* the caller dispatches */
+    }
+    h1c__finish(r, err, NULL);
 }
 
 static void h1c__conn_discard(h1c_conn_t *cn)
@@ -662,6 +683,8 @@ static void h1c__dispatch(http1c_client_t *c)
                 idle = cn;
                 break;
             }
+        if (c->qhead->retried)
+            idle = NULL; /* a retry goes on a fresh connection */
         if (idle == NULL && c->nconns >= c->o.max_conns)
             return;
         h1c_req_t *r = c->qhead;
@@ -672,6 +695,7 @@ static void h1c__dispatch(http1c_client_t *c)
         r->next = NULL;
         if (idle != NULL) {
             idle->req = r;
+            idle->reused = true;
             r->conn = idle;
             c->cnt.reused++;
             h1c__send(idle);
@@ -865,6 +889,11 @@ int http1c_request(http1c_client_t *c, const http1c_request_t *rq, http1c_cb cb,
     r->arg = arg;
     r->out_len = 0;
     r->pending_err = 0;
+    r->retried = false;
+    r->replayable = strcmp(rq->method, "GET") == 0 || strcmp(rq->method, "HEAD") == 0 ||
+                    strcmp(rq->method, "OPTIONS") == 0 || strcmp(rq->method, "TRACE") == 0 ||
+                    http1c_find_header(rq->headers, rq->num_headers, "idempotency-key") != NULL ||
+                    http1c_find_header(rq->headers, rq->num_headers, "x-idempotency-key") != NULL;
     r->done = false;
     r->timeout_ns = (uint64_t)(rq->timeout_ms ? rq->timeout_ms : c->o.timeout_ms) * 1000000u;
     loop_timer_init(&r->timer);

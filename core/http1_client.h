@@ -41,10 +41,12 @@
  *    error or a "Connection: close" the connection is discarded, never
  *    reused.  Requests are not pipelined: one in flight per connection;
  *    requests wait in a FIFO queue when every connection is busy.
- *  - Limit, admitted: a keep-alive connection the server closed while it
- *    sat idle is only noticed when its EOF arrives; a request sent on it in
- *    between fails with -ECONNRESET (no automatic retry: POST is not
- *    idempotent).  Idle connections are closed by us after idle_ms.
+ *  - A keep-alive connection the server closed while it sat idle is only
+ *    noticed when its EOF arrives.  A request sent on it in between that
+ *    got not one byte back is sent once more on a fresh connection when it
+ *    is replayable (GET, HEAD, OPTIONS, TRACE, or an Idempotency-Key /
+ *    X-Idempotency-Key header, as Go's net/http does); otherwise it fails
+ *    with -ECONNRESET.  Idle connections are closed by us after idle_ms.
  * ------------------------------------------------------------------------
  */
 #ifndef SHOP_CORE_HTTP1_CLIENT_H
@@ -154,6 +156,7 @@ typedef struct {
     uint64_t connects;   /* connections opened */
     uint64_t reused;     /* requests sent on a kept-alive connection */
     uint64_t discarded;  /* connections closed because of an error or timeout */
+    uint64_t retries;    /* replayable requests sent again after a stale keep-alive */
 } http1c_counters_t;
 
 /* -------------------------------------------------------------- prototypes */

@@ -116,10 +116,12 @@ static void test_parsers(void)
 static const char *g_raw_reply;
 static size_t g_raw_len;
 static bool g_raw_keep; /* keep the connection open after the reply */
+static bool g_raw_once; /* answer one request per connection, close on the next */
 
 typedef struct {
     char buf[4096];
     size_t len;
+    int nreq;
 } raw_conn_t;
 
 static void raw_closed(loop_conn_t *lc, void *data)
@@ -153,7 +155,7 @@ static void raw_read(loop_conn_t *lc, ssize_t n, const void *buf, void *data)
     if (strstr(rc->buf, "\r\n\r\n") == NULL)
         return;
     rc->len = 0;
-    if (g_raw_len == 0) {
+    if (g_raw_len == 0 || (g_raw_once && ++rc->nreq > 1)) {
         loop_conn_close(lc, raw_closed);
         return;
     }
@@ -235,6 +237,30 @@ static void test_raw(void)
     tap_check(s && s->status == TRACE_STATUS_ERROR && dbt_attr(s, "error.type") &&
                   strcmp(dbt_attr(s, "error.type"), "timeout") == 0,
               "raw stalled body: the CLIENT span is Error with error.type=timeout");
+    /* the keep-alive race: the server closes a kept-alive connection when
+     * the next request arrives, without a byte back */
+    g_raw_reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    g_raw_len = strlen(g_raw_reply);
+    g_raw_keep = true;
+    g_raw_once = true;
+    http1c_client_t *c2;
+    http1c_client_new(g_loop, "127.0.0.1", loop_listener_port(l), &o, &c2);
+    do_req(c2, "GET", "/x", NULL, 0, NULL, &x);
+    http1c_counters(c2, &before);
+    memset(&x, 0, sizeof x);
+    http1c_header_t ik = {"Idempotency-Key", 15, "k-1", 3};
+    http1c_request_t rqi = {.method = "POST", .path = "/x", .headers = &ik, .num_headers = 1};
+    http1c_request(c2, &rqi, on_res, &x);
+    dbt_run_until(g_loop, is_done, &x, 5000);
+    http1c_counters(c2, &after);
+    tap_check(x.err == 0 && x.status == 200 && after.retries == before.retries + 1 &&
+                  after.connects == before.connects + 1,
+              "stale keep-alive: a POST with Idempotency-Key is sent once more on a fresh connection (err %d)",
+              x.err);
+    do_req(c2, "POST", "/x", "{}", 0, NULL, &x);
+    tap_check(x.err == -ECONNRESET, "stale keep-alive: a plain POST is not replayed: -ECONNRESET");
+    http1c_client_free(c2);
+    g_raw_once = false;
     /* free with a request in flight: its callback runs with -ECANCELED */
     memset(&x, 0, sizeof x);
     http1c_request_t rq = {.method = "GET", .path = "/x"};
