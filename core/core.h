@@ -472,6 +472,14 @@ void trace__copy_long(uint8_t *dst, const void *src, size_t n);
 /* Validates a whole record (every length, every item, counts) and fills
  * *out with views into buf.  Returns 0, or -1 for bad input. */
 int span_record_decode(const void *buf, size_t len, span_record_t *out);
+/* The same, and the items it walked stored in items[0..cap) in record
+ * order, as span_record_next would return them, so a caller that needs
+ * them (the OTLP encoder) walks the record once.  An item is >= 4 bytes:
+ * cap = out->items_len / 4 + 1, i.e. (len - SPAN_RECORD_HEADER_SIZE) / 4 + 1,
+ * always suffices.  Returns the item count, or -1 for bad input (or a cap
+ * too small). */
+int span_record_decode_items(const void *buf, size_t len, span_record_t *out,
+                             span_record_item_t *items, uint32_t cap);
 /* Steps through items (of a decoded record or resource): *off starts at 0.
  * Returns 1 and *it, 0 at the end, -1 for bad input. */
 int span_record_next(const uint8_t *items, uint32_t items_len, uint32_t *off,

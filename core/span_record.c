@@ -255,6 +255,12 @@ int span_record_next(const uint8_t *items, uint32_t items_len, uint32_t *off,
 
 int span_record_decode(const void *buf, size_t len, span_record_t *out)
 {
+    return span_record_decode_items(buf, len, out, NULL, 0) < 0 ? -1 : 0;
+}
+
+int span_record_decode_items(const void *buf, size_t len, span_record_t *out,
+                             span_record_item_t *items, uint32_t cap)
+{
     const uint8_t *p = buf;
     if (p == NULL || len < SPAN_RECORD_HEADER_SIZE)
         return -1;
@@ -288,27 +294,33 @@ int span_record_decode(const void *buf, size_t len, span_record_t *out)
     out->items_len = body;
 
     /* Walk every item once: validates them all and checks the counts. */
-    uint32_t off = 0, na = 0, ne = 0, nl = 0;
+    uint32_t off = 0, na = 0, ne = 0, nl = 0, ni = 0;
     uint8_t owner = 0; /* SPAN_ITEM_EVENT or _LINK: who the sub-attributes belong to */
     bool named = false;
-    span_record_item_t it;
+    span_record_item_t one;
     int rc;
-    while ((rc = span_record_next(out->items, out->items_len, &off, &it)) == 1) {
-        switch (it.tag) {
+    for (;;) {
+        if (items != NULL && ni == cap)
+            return -1; /* caller's array too small (cap below items_len / 4) */
+        span_record_item_t *itp = items != NULL ? &items[ni] : &one;
+        if ((rc = span_record_next(out->items, out->items_len, &off, itp)) != 1)
+            break;
+        ni++;
+        switch (itp->tag) {
         case SPAN_ITEM_NAME:
-            out->name = it.key;
+            out->name = itp->key;
             named = true;
             break;
         case SPAN_ITEM_SCOPE:
-            out->scope_name = it.key;
-            out->scope_version.p = (const char *)it.value;
-            out->scope_version.len = it.value_len;
+            out->scope_name = itp->key;
+            out->scope_version.p = (const char *)itp->value;
+            out->scope_version.len = itp->value_len;
             break;
         case SPAN_ITEM_TRACESTATE:
-            out->tracestate = it.key;
+            out->tracestate = itp->key;
             break;
         case SPAN_ITEM_STATUS_MSG:
-            out->status_msg = it.key;
+            out->status_msg = itp->key;
             break;
         case SPAN_ITEM_ATTR:
             na++;
@@ -326,7 +338,7 @@ int span_record_decode(const void *buf, size_t len, span_record_t *out)
             ne++;
             break;
         case SPAN_ITEM_LINK:
-            if (!trace_id_is_valid(it.trace_id, 16) || !trace_id_is_valid(it.span_id, 8))
+            if (!trace_id_is_valid(itp->trace_id, 16) || !trace_id_is_valid(itp->span_id, 8))
                 return -1;
             owner = SPAN_ITEM_LINK;
             nl++;
@@ -335,7 +347,7 @@ int span_record_decode(const void *buf, size_t len, span_record_t *out)
     }
     if (rc < 0 || !named || na != out->n_attrs || ne != out->n_events || nl != out->n_links)
         return -1;
-    return 0;
+    return (int)ni;
 }
 
 int64_t span_record_array_int(const span_record_item_t *it, uint32_t i)

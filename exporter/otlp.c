@@ -98,7 +98,12 @@ struct st_otlp_encoder_t {
     otlp__wscope_t *w_scopes;
     otlp__wres_t *w_res;
     size_t w_cap;            /* entries of each of the four above */
-    span_record_item_t *w_items; /* the items of one span (or resource) */
+    uint32_t *w_ifirst;      /* per record: its first item in w_items */
+    uint32_t *w_icount;      /* per record: its item count */
+    span_record_item_t *w_items; /* the items of every record of the batch, in
+                              * record order (filled by the one decoding
+                              * walk, read by the writer), then the
+                              * resource's being written */
     uint32_t *w_slot;        /* indices into w_items of one attribute list */
     size_t w_items_cap;
 };
@@ -181,6 +186,8 @@ void otlp_encoder_free(otlp_encoder_t *e)
     free(e->w_next);
     free(e->w_scopes);
     free(e->w_res);
+    free(e->w_ifirst);
+    free(e->w_icount);
     free(e->w_items);
     free(e->w_slot);
     free(e);
@@ -813,16 +820,16 @@ static int otlp__w_items(otlp_encoder_t *e, size_t n)
     return 0;
 }
 
-/* Reads the items of a record (or resource) into e->w_items.  Returns the
+/* Reads the items of a resource into e->w_items[base..].  Returns the
  * count, -1 when they do not walk, -ENOMEM. */
-static long otlp__w_collect(otlp_encoder_t *e, const uint8_t *items, uint32_t len)
+static long otlp__w_collect(otlp_encoder_t *e, size_t base, const uint8_t *items, uint32_t len)
 {
     /* every item is >= 4 bytes */
-    if (otlp__w_items(e, len / 4 + 1) != 0)
+    if (otlp__w_items(e, base + len / 4 + 1) != 0)
         return -ENOMEM;
     uint32_t off = 0, n = 0;
     int rc;
-    while ((rc = span_record_next(items, len, &off, &e->w_items[n])) == 1)
+    while ((rc = span_record_next(items, len, &off, &e->w_items[base + n])) == 1)
         n++;
     return rc < 0 ? -1 : (long)n;
 }
@@ -846,13 +853,9 @@ static int otlp__w_room(otlp_encoder_t *e, size_t pos, size_t more)
 /* One Span, field numbers 1..16 in order.  Returns the new end, or NULL
  * when the record does not walk (p is then unchanged in meaning: the
  * caller rolls back). */
-static uint8_t *otlp__w_span(otlp_encoder_t *e, uint8_t *p, const span_record_t *r)
+static uint8_t *otlp__w_span(otlp_encoder_t *e, uint8_t *p, const span_record_t *r,
+                             const span_record_item_t *its, uint32_t n)
 {
-    long ni = otlp__w_collect(e, r->items, r->items_len);
-    if (ni < 0)
-        return NULL;
-    const span_record_item_t *its = e->w_items;
-    uint32_t n = (uint32_t)ni;
     uint8_t *ms;
     p = otlp__open(p, OTLP__TAG(2, OTLP__LEN), 2, &ms);
     *p++ = OTLP__TAG(1, OTLP__LEN);
@@ -946,14 +949,15 @@ static uint8_t *otlp__w_span(otlp_encoder_t *e, uint8_t *p, const span_record_t 
 
 /* The Resource message of a lane (field 1 of ResourceSpans), always
  * present, empty when the lane has no valid metadata. */
-static long otlp__w_resource(otlp_encoder_t *e, size_t pos, uint32_t lane, otlp_meta_fn meta, void *arg)
+static long otlp__w_resource(otlp_encoder_t *e, size_t pos, uint32_t lane, otlp_meta_fn meta, void *arg,
+                             size_t base)
 {
     const void *blob = NULL;
     int len = meta ? meta(arg, lane, &blob) : -ENOENT;
     span_resource_t sr;
     long ni = 0;
     if (len > 0 && span_resource_decode(blob, (size_t)len, &sr) == 0 && sr.n_attrs > 0) {
-        if ((ni = otlp__w_collect(e, sr.items, sr.items_len)) < 0)
+        if ((ni = otlp__w_collect(e, base, sr.items, sr.items_len)) < 0)
             ni = 0; /* resource_decode walked them: changed under us, send none */
     } else {
         len = 0;
@@ -961,8 +965,8 @@ static long otlp__w_resource(otlp_encoder_t *e, size_t pos, uint32_t lane, otlp_
     if (ni == -ENOMEM || otlp__w_room(e, pos, 8u * (size_t)len + 512) != 0)
         return -ENOMEM;
     uint8_t *m, *p = otlp__open(e->out + pos, OTLP__TAG(1, OTLP__LEN), len < 100 ? 1 : 2, &m);
-    uint8_t *q = otlp__w_attrs(p, OTLP__TAG(1, OTLP__LEN), e->w_items, 0, (uint32_t)ni, SPAN_ITEM_ATTR, 0,
-                               0, e->w_slot);
+    uint8_t *q = otlp__w_attrs(p, OTLP__TAG(1, OTLP__LEN), e->w_items + base, 0, (uint32_t)ni,
+                               SPAN_ITEM_ATTR, 0, 0, e->w_slot);
     if (!q)
         q = p; /* a bad value: the resource goes empty */
     p = otlp__close(m, len < 100 ? 1 : 2, q);
@@ -990,6 +994,14 @@ static int otlp__w_batch(otlp_encoder_t *e, size_t n)
     if (!rs)
         return -ENOMEM;
     e->w_res = rs;
+    uint32_t *f = realloc(e->w_ifirst, cap * sizeof *f);
+    if (!f)
+        return -ENOMEM;
+    e->w_ifirst = f;
+    uint32_t *c = realloc(e->w_icount, cap * sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    e->w_icount = c;
     e->w_cap = cap;
     return 0;
 }
@@ -1011,19 +1023,30 @@ long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_me
         memset(e->lane_gen, 0, e->lanes_cap * sizeof *e->lane_gen);
         e->gen = 1;
     }
-    /* Pass 1: decode (validates) and group, in first-seen order. */
+    /* Pass 1: decode (validates) and group, in first-seen order.  The
+     * decoding walk keeps every item (w_items), so pass 2 does not walk the
+     * records again. */
     span_record_t *rv = e->w_recs;
     otlp__wscope_t *sc = e->w_scopes;
     otlp__wres_t *rs = e->w_res;
     uint32_t nres = 0, nsc = 0, last = OTLP__NONE;
+    size_t nitems = 0;
     for (uint32_t i = 0; i < n; i++) {
         span_record_t *r = &rv[i];
         e->w_next[i] = OTLP__NONE;
-        if (span_record_decode(recs[i].data, recs[i].len, r) != 0) {
+        /* an item is >= 4 bytes: len / 4 + 1 entries hold any record's */
+        uint32_t room = recs[i].len / 4 + 1;
+        if (otlp__w_items(e, nitems + room) != 0)
+            return -ENOMEM;
+        int ni = span_record_decode_items(recs[i].data, recs[i].len, r, e->w_items + nitems, room);
+        if (ni < 0) {
             (*bad)++;
             r->items = NULL; /* marks it left out */
             continue;
         }
+        e->w_ifirst[i] = (uint32_t)nitems;
+        e->w_icount[i] = (uint32_t)ni;
+        nitems += (size_t)ni;
         uint32_t lane = recs[i].lane;
         if (otlp__lanes(e, lane) != 0)
             return -ENOMEM;
@@ -1060,7 +1083,7 @@ long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_me
             return -ENOMEM;
         uint8_t *m;
         size_t mres = (size_t)(otlp__open(e->out + pos, OTLP__TAG(1, OTLP__LEN), 3, &m) - e->out) - 3;
-        long r = otlp__w_resource(e, mres + 3, rs[ri].lane, meta, meta_arg);
+        long r = otlp__w_resource(e, mres + 3, rs[ri].lane, meta, meta_arg, nitems);
         if (r < 0)
             return -ENOMEM;
         pos = (size_t)r;
@@ -1078,7 +1101,8 @@ long otlp_encode(otlp_encoder_t *e, const ring_record_t *recs, size_t n, otlp_me
             for (uint32_t i = sc[k].first; i != OTLP__NONE; i = e->w_next[i]) {
                 if (otlp__w_room(e, pos, 8u * recs[i].len + 512) != 0)
                     return -ENOMEM;
-                uint8_t *q = otlp__w_span(e, e->out + pos, &rv[i]);
+                uint8_t *q = otlp__w_span(e, e->out + pos, &rv[i], e->w_items + e->w_ifirst[i],
+                                          e->w_icount[i]);
                 if (!q) { /* changed under us after decode: left out */
                     (*bad)++;
                     continue;

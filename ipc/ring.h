@@ -194,7 +194,11 @@ int ring_count_drop(ring_t *r, ring_drop_reason_t reason, uint64_t n);
  * killed consumer left half applied (see ring.c, ring__cons_commit).
  * Returns 0, -EBUSY (message names the holder), -ENOMEM.  The consumer's
  * FIFO (RING_CONSUMER_INFLIGHT_MAX entries) is allocated here and freed by
- * ring_close(), which also gives the role back. */
+ * ring_close(), which also gives the role back.
+ * Added: maps every lane's backlog (committed, unreleased bytes) into this
+ * process's page tables at once (MADV_POPULATE_READ, Linux >= 5.14, best
+ * effort), so draining it takes no page fault; no memory is added, those
+ * pages are the ring's own (docs/ARCHITECTURE.md "Limits"). */
 int ring_consumer_open(ring_t *r, char *err, size_t errlen);
 
 /* Hands out up to `max` committed records past the read cursor without
