@@ -123,6 +123,15 @@ int trace_id_unhex(const char *in, size_t n, uint8_t *out)
 
 bool trace_id_is_valid(const uint8_t *id, size_t n)
 {
+    /* the two sizes ids have, a word at a time: the exporter checks three
+     * ids per span (the byte loop was ~4 % of its instructions) */
+    if (n == TRACE_SPAN_ID_SIZE || n == TRACE_ID_SIZE) {
+        uint64_t a, b = 0;
+        memcpy(&a, id, 8);
+        if (n == TRACE_ID_SIZE)
+            memcpy(&b, id + 8, 8);
+        return (a | b) != 0;
+    }
     uint8_t acc = 0;
     for (size_t i = 0; i < n; i++)
         acc |= id[i];
