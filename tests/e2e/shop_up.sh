@@ -28,10 +28,14 @@ if [ ! -x "$SHOP_BUILD/services/order/order-svc" ]; then
 fi
 
 port_taken() { [ -n "$(ss -ltnH "( sport = :$1 )" 2>/dev/null)" ]; }
-# A base with 21 free ports in a row, away from the defaults.
+# A base with 21 free ports in a row, away from the defaults and below the kernel's
+# ephemeral range (32768-60999 here), where any outgoing connection could take a port
+# between the check and the bind.
 base=""
+lo_eph=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+slots=$(( (lo_eph - 21000 - 50) / 50 ))
 for _ in $(seq 1 50); do
-  b=$((21000 + (RANDOM % 400) * 50)); free=1
+  b=$((21000 + (RANDOM % slots) * 50)); free=1
   for o in $(seq 0 20); do port_taken $((b + o)) && { free=0; break; }; done
   [ "$free" = 1 ] && { base=$b; break; }
 done

@@ -55,7 +55,12 @@ start)
     sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@RUN_DIR@|$run|g" \
         "$here/server.properties.in" > "$run/server.properties"
     # A KRaft cluster id is 16 random bytes, URL-safe base64 without padding.
-    cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    # Redrawn while it starts with '-': kafka-storage's argument parser would
+    # take such an id for an option ("expected one argument"), 1 run in 64.
+    cid=-
+    while [ "${cid#-}" != "$cid" ]; do
+        cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
     cp="$home/libs/*"
     jopts="-Dkafka.logs.dir=$run -Dlog4j.configuration=file:$here/log4j.properties"
     # shellcheck disable=SC2086
