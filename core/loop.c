@@ -56,6 +56,7 @@ enum loop__op {
     LOOP__OP_SIGNAL,          /* loop: read of the signalfd */
     LOOP__OP_WAKE,            /* loop: read of the wake eventfd */
     LOOP__OP_POLL,            /* watch: one-shot poll of a foreign fd */
+    LOOP__OP_RESUME,          /* conn: NOP that delivers stashed reads after read_start */
 };
 #define LOOP__OP_MASK 0xfu
 static_assert(alignof(max_align_t) >= 16, "user_data packs the op in 4 low pointer bits");
@@ -90,6 +91,14 @@ struct st_loop_conn_t {
     bool connect_armed;  /* a connect request is in flight */
     bool multishot;      /* recv uses multishot + buffer ring */
     bool close_submitted;
+    bool read_paused;    /* loop_conn_read_stop(): received bytes go to the stash */
+    bool recv_cancel;    /* a cancel of the multishot recv is pending */
+    bool resume_armed;   /* a LOOP__OP_RESUME NOP is in flight */
+    bool stash_end;      /* the stash ends with EOF/error stash_res */
+    int stash_res;       /* 0 (EOF) or -errno, valid when stash_end */
+    uint8_t *stash;      /* bytes received after read_stop, delivered on resume */
+    size_t stash_len, stash_cap;
+    size_t send_cap;     /* max bytes per sendmsg, 0 = no cap (see loop__on_send) */
     int werr;            /* first write error (-errno), 0 if none */
     loop_read_cb read_cb;
     loop_connect_cb connect_cb;
@@ -752,6 +761,7 @@ static void loop__conn_free(loop_conn_t *c)
         c->next->prev = c->prev;
     loop->ctr.open--;
     loop__free(c->rbuf);
+    loop__free(c->stash);
     loop__free(c);
 }
 
@@ -810,8 +820,9 @@ static void loop__arm_send(loop_conn_t *c)
 {
     int n = 0;
     size_t total = 0;
-    for (loop__wreq_t *w = c->wq_head; w != NULL && n < LOOP__IOV_MAX; w = w->next) {
-        for (int i = w->idx; i < w->iovcnt && n < LOOP__IOV_MAX; i++) {
+    size_t cap = c->send_cap != 0 ? c->send_cap : SIZE_MAX;
+    for (loop__wreq_t *w = c->wq_head; w != NULL && n < LOOP__IOV_MAX && total < cap; w = w->next) {
+        for (int i = w->idx; i < w->iovcnt && n < LOOP__IOV_MAX && total < cap; i++) {
             char *base = w->iov[i].iov_base;
             size_t len = w->iov[i].iov_len;
             if (i == w->idx) {
@@ -820,6 +831,8 @@ static void loop__arm_send(loop_conn_t *c)
             }
             if (len == 0)
                 continue;
+            if (len > cap - total)
+                len = cap - total;
             c->siov[n].iov_base = base;
             c->siov[n].iov_len = len;
             n++;
@@ -845,6 +858,25 @@ int loop_conn_read_start(loop_conn_t *c, loop_read_cb cb)
 {
     if (c->state != LOOP_CONN_OPEN)
         return -ENOTCONN;
+    if (c->read_paused) {
+        /* Resume.  Stashed bytes (and a stashed EOF/error) go first, from
+         * a NOP completion: never from inside this call. */
+        c->read_paused = false;
+        c->read_cb = cb;
+        c->reading = true;
+        if (c->stash_len > 0 || c->stash_end) {
+            if (!c->resume_armed) {
+                struct io_uring_sqe *sqe = loop__sqe(c->loop);
+                io_uring_prep_nop(sqe);
+                io_uring_sqe_set_data64(sqe, loop__ud(c, LOOP__OP_RESUME));
+                c->resume_armed = true;
+                c->inflight++;
+            }
+        } else if (!c->recv_armed) {
+            loop__arm_recv(c);
+        }
+        return 0;
+    }
     if (c->reading || c->recv_armed)
         return -EALREADY;
     if (!c->multishot && c->rbuf == NULL) {
@@ -858,6 +890,77 @@ int loop_conn_read_start(loop_conn_t *c, loop_read_cb cb)
     return 0;
 }
 
+int loop_conn_read_stop(loop_conn_t *c)
+{
+    if (c->state != LOOP_CONN_OPEN)
+        return -ENOTCONN;
+    if (c->read_paused)
+        return 0;
+    if (!c->reading)
+        return -ENOTCONN;
+    c->reading = false;
+    c->read_paused = true;
+    /* Multishot: cancel, or the kernel keeps filling provided buffers.
+     * One-shot (fallback): the recv in flight may complete (at most
+     * recv_buf_size bytes, stashed); it is just not submitted again. */
+    if (c->multishot && c->recv_armed && !c->recv_cancel) {
+        loop__cancel(c->loop, loop__ud(c, LOOP__OP_RECV));
+        c->recv_cancel = true;
+    }
+    return 0;
+}
+
+/* Keeps bytes that arrive while reading is stopped (or before the stash
+ * was delivered): bounded by the recv in flight when read_stop() ran. */
+static void loop__stash(loop_conn_t *c, const void *buf, size_t n)
+{
+    if (c->stash_end)
+        return;
+    if (c->stash_len + n > c->stash_cap) {
+        size_t cap = c->stash_cap ? c->stash_cap : 16384;
+        while (cap < c->stash_len + n)
+            cap *= 2;
+        uint8_t *p = realloc(c->stash, cap);
+        if (p == NULL) { /* no memory to keep the bytes: fail the read side */
+            c->stash_end = true;
+            c->stash_res = -ENOMEM;
+            return;
+        }
+        c->stash = p;
+        c->stash_cap = cap;
+    }
+    memcpy(c->stash + c->stash_len, buf, n);
+    c->stash_len += n;
+}
+
+/* The NOP submitted by read_start(): hand over the stash, then go on
+ * reading. */
+static void loop__on_resume(loop_conn_t *c)
+{
+    c->resume_armed = false;
+    c->inflight--;
+    if (c->state == LOOP_CONN_OPEN && c->reading && c->stash_len > 0) {
+        size_t n = c->stash_len;
+        c->stash_len = 0;
+        uint8_t *buf = c->stash; /* a read_stop() in the callback stashes into a new buffer */
+        c->stash = NULL;
+        c->stash_cap = 0;
+        c->read_cb(c, (ssize_t)n, buf, c->data);
+        loop__free(buf);
+    }
+    if (c->state == LOOP_CONN_OPEN && c->reading && c->stash_end && c->stash_len == 0) {
+        int res = c->stash_res;
+        c->stash_end = false;
+        c->reading = false;
+        if (res < 0)
+            c->state = LOOP_CONN_FAILED;
+        c->read_cb(c, res, NULL, c->data);
+    }
+    if (c->state == LOOP_CONN_OPEN && c->reading && !c->recv_armed)
+        loop__arm_recv(c);
+    loop__conn_maybe_close(c);
+}
+
 static void loop__on_recv(loop_conn_t *c, const struct io_uring_cqe *cqe)
 {
     loop_t *loop = c->loop;
@@ -865,15 +968,50 @@ static void loop__on_recv(loop_conn_t *c, const struct io_uring_cqe *cqe)
     bool has_buf = (cqe->flags & IORING_CQE_F_BUFFER) != 0;
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     int res = cqe->res;
+    bool cancelled = false;
     if (!more) {
         c->recv_armed = false;
         c->inflight--;
+        cancelled = c->recv_cancel && res == -ECANCELED;
+        c->recv_cancel = false;
     }
     const uint8_t *buf = NULL;
     if (has_buf)
         buf = loop->bufs + (size_t)bid * loop->opts.buf_size;
     else if (!c->multishot)
         buf = c->rbuf;
+
+    /* Stopped by loop_conn_read_stop(), or resumed with the stash not yet
+     * delivered: keep order by stashing. */
+    if (c->state == LOOP_CONN_OPEN && (c->read_paused || c->resume_armed)) {
+        if (res > 0) {
+            loop->ctr.bytes_in += (uint64_t)res;
+            loop->ctr.recv_cqes++;
+            loop__stash(c, buf, (size_t)res);
+        } else if (res == -EINVAL && c->multishot && !has_buf) {
+            loop->features &= ~LOOP_F_RECV_MULTISHOT; /* first-use probe, see below */
+            c->multishot = false;
+            c->rbuf = malloc(loop->opts.recv_buf_size);
+            if (c->rbuf == NULL) {
+                c->stash_end = true;
+                c->stash_res = -ENOMEM;
+            }
+        } else if (!cancelled && res != -ENOBUFS && !c->stash_end) {
+            c->stash_end = true; /* EOF or error: reported after the bytes */
+            c->stash_res = res;
+        }
+        if (has_buf)
+            loop__buf_recycle(loop, bid);
+        /* Not re-armed here: read_start() or loop__on_resume() does. */
+        loop__conn_maybe_close(c);
+        return;
+    }
+    if (cancelled) { /* a cancel from a read_stop() that a read_start() undid */
+        if (c->state == LOOP_CONN_OPEN && c->reading && !c->recv_armed)
+            loop__arm_recv(c);
+        loop__conn_maybe_close(c);
+        return;
+    }
 
     /* Liveness: an earlier callback of this batch may have closed us. */
     if (c->state != LOOP_CONN_OPEN || !c->reading) {
@@ -916,6 +1054,35 @@ static void loop__on_recv(loop_conn_t *c, const struct io_uring_cqe *cqe)
     loop__conn_maybe_close(c);
 }
 
+/*
+ * Send size cap.  A sendmsg that returns short means the socket's send
+ * buffer is full.  TCP packs one sendmsg into skbs of up to one MSS, and on
+ * loopback the MSS is 65483 bytes (MTU 64 KiB), so when sk_sndbuf (what
+ * getsockopt(SO_SNDBUF) returns: twice the value set) is smaller than about
+ * two such skbs, only ONE segment can be in flight.  A Linux receiver ACKs a
+ * lone segment only when its delayed-ACK timer fires (40 ms minimum), so the
+ * connection crawls at one segment per 40 ms (~1.6 MB/s) - the "stall" of a
+ * 16 MiB echo with SO_SNDBUF 16 KiB; plain blocking send(2) shows it too
+ * (see docs/ARCHITECTURE.md).  Capping each sendmsg at a quarter of
+ * sk_sndbuf makes each call (TCP_NODELAY: pushed at its end) a smaller skb,
+ * so several are in flight and the receiver ACKs at once.  The buffer size
+ * is re-read on every short send only (the slow path), because
+ * setsockopt() and memory-pressure auto-tuning change it at any time.
+ */
+#define LOOP__SEND_CAP_MIN 1024u
+
+static void loop__update_send_cap(loop_conn_t *c)
+{
+    int sndbuf = 0;
+    socklen_t len = sizeof sndbuf;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0 || sndbuf <= 0) {
+        c->send_cap = 0;
+        return;
+    }
+    size_t cap = (size_t)sndbuf / 4;
+    c->send_cap = cap < LOOP__SEND_CAP_MIN ? LOOP__SEND_CAP_MIN : cap;
+}
+
 static void loop__on_send(loop_conn_t *c, int res)
 {
     c->send_armed = false;
@@ -932,8 +1099,10 @@ static void loop__on_send(loop_conn_t *c, int res)
     }
     size_t left = (size_t)res;
     c->loop->ctr.bytes_out += left;
-    if (left < c->sending)
+    if (left < c->sending) {
         c->loop->ctr.partial_sends++;
+        loop__update_send_cap(c);
+    }
     c->queued -= left;
     /* Unlink every fully sent request first, then run their callbacks: a
      * callback may close the connection or queue more. */
@@ -1040,6 +1209,7 @@ void loop_conn_close(loop_conn_t *c, loop_close_cb cb)
     c->state = LOOP_CONN_CLOSING;
     c->close_cb = cb;
     c->reading = false;
+    c->read_paused = false;
     if (c->recv_armed)
         loop__cancel(c->loop, loop__ud(c, LOOP__OP_RECV));
     if (c->send_armed)
@@ -1583,6 +1753,9 @@ static void loop__handle_cqe(loop_t *loop, const struct io_uring_cqe *cqe)
         return;
     case LOOP__OP_POLL:
         loop__on_poll(obj, cqe->res);
+        return;
+    case LOOP__OP_RESUME:
+        loop__on_resume(obj);
         return;
     }
     fprintf(stderr, "loop: CQE with unknown op %u (user_data %#llx)\n", (unsigned)op,

@@ -60,6 +60,8 @@
  *  - loop_timer_t: caller storage (so timers cost no allocation); it must
  *    stay valid while armed.  Stopping an armed timer is O(log n).
  *  - read buffers: owned by the loop, valid only during the read callback.
+ *    loop_conn_read_stop()/loop_conn_read_start() give read back-pressure
+ *    (a stopped connection's peer blocks on its full window).
  *  - loop_conn_write(): the caller owns the iovec *data* until the write
  *    callback runs (exactly once per accepted write, status 0 or -errno);
  *    the iovec array itself is copied.  loop_conn_write_copy() copies the
@@ -249,9 +251,22 @@ int loop_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t timeout_n
                  loop_connect_cb cb, void *data, loop_conn_t **out);
 
 /* Starts reading (multishot recv with provided buffers, or plain recv into a
- * per-connection buffer).  Errors: -EALREADY (reading), -ENOTCONN (state is
- * not OPEN), -ENOMEM (fallback buffer). */
+ * per-connection buffer), or resumes it after loop_conn_read_stop() (cb may
+ * differ; bytes kept while stopped are delivered first, from the loop, never
+ * inside this call).  Errors: -EALREADY (reading), -ENOTCONN (state is not
+ * OPEN), -ENOMEM (fallback buffer). */
 int loop_conn_read_start(loop_conn_t *conn, loop_read_cb cb);
+/* Read back-pressure: stops reading until loop_conn_read_start().  No read
+ * callback runs after it returns (also not for CQEs already in the current
+ * batch).  The multishot recv is cancelled (fallback: the recv in flight is
+ * not re-submitted); bytes the kernel had already handed over are kept by
+ * the loop, at most what one recv in flight can return, and an EOF or error
+ * seen meanwhile is reported after them.  The kernel's receive buffer then
+ * fills, the TCP window closes and the peer's sends block: memory stays
+ * bounded however much the peer writes.  Writing is unaffected.  Calling it
+ * while stopped is a no-op (0).  Errors: -ENOTCONN (state is not OPEN, or
+ * reading never started or ended with EOF/error). */
+int loop_conn_read_stop(loop_conn_t *conn);
 /* Queues iov[0..iovcnt) for sending after every earlier write; bytes are
  * sent in order, several queued writes per sendmsg.  Errors: -EINVAL
  * (iovcnt), -ENOMEM, -EPIPE (state is not OPEN: no callback will run). */
