@@ -664,7 +664,7 @@ static void gw_req_finish(gw_req_t *r, int status, const char *ctype, const char
     gw_t *gw = NULL;
     trace_span_set_int(&r->span, "http.response.status_code", status);
     if (status >= 500) {
-        char et[8];
+        char et[16]; /* an int: 11 bytes and the NUL at most */
         snprintf(et, sizeof et, "%d", status);
         trace_span_set_str(&r->span, "error.type", et);
         trace_span_set_status(&r->span, TRACE_STATUS_ERROR, NULL, 0);
