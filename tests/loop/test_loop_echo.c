@@ -34,7 +34,7 @@ typedef struct {
     int write_errs;
     int read_errs;
     int eofs;
-    bool small_sndbuf; /* shrink the send and receive buffers of accepted sockets */
+    bool small_sndbuf; /* shrink the send buffer of accepted sockets */
 } server_t;
 
 static server_t S;
@@ -91,8 +91,10 @@ static void on_accept(loop_listener_t *l, loop_conn_t *c, void *arg)
         S.max_open = k.open;
     if (S.small_sndbuf) {
         int sz = 16384;
+        /* only the send side: that is what the loop's send cap handles; a
+         * receive buffer shrunk after the handshake makes the *peer* crawl
+         * (its segments wait for delayed ACKs), which no loop can fix */
         setsockopt(loop_conn_fd(c), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-        setsockopt(loop_conn_fd(c), SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
     }
     loop_conn_read_start(c, echo_read);
 }
@@ -388,8 +390,8 @@ static void run_mode(bool fallback)
     tap_check(S.closes == NCONN && S.eofs == NCONN, "%s: every connection saw EOF and closed (%d/%d)",
               m, S.eofs, S.closes);
 
-    /* 16 MiB each way: default buffers; then the server's SO_SNDBUF and
-     * SO_RCVBUF at 16 KiB (on loopback one 64 KiB segment no longer fits
+    /* 16 MiB each way: default buffers; then the server's SO_SNDBUF at
+     * 16 KiB (on loopback one 64 KiB segment no longer fits
      * the send buffer: without the loop's send cap this crawled at one
      * segment per delayed ACK and hit the guard, see loop.c). */
     static const struct {
@@ -397,7 +399,7 @@ static void run_mode(bool fallback)
         int crcv;
         const char *name;
     } big[] = {{false, 0, "default buffers"},
-               {true, 0, "server SO_SNDBUF/SO_RCVBUF 16 KiB"}};
+               {true, 0, "server SO_SNDBUF 16 KiB"}};
     for (size_t b = 0; b < sizeof big / sizeof big[0]; b++) {
         memset(&S, 0, sizeof S);
         S.small_sndbuf = big[b].small;
