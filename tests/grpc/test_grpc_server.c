@@ -212,7 +212,8 @@ static ssize_t raw_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t le
     (void)ud;
     raw_t *r = src->ptr;
     size_t n = r->blen - r->off < len ? r->blen - r->off : len;
-    memcpy(buf, r->body + r->off, n);
+    if (n) /* an empty body has no pointer: memcpy(.., NULL, 0) is undefined */
+        memcpy(buf, r->body + r->off, n);
     r->off += n;
     if (r->off == r->blen)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
