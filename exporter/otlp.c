@@ -973,35 +973,29 @@ static long otlp__w_resource(otlp_encoder_t *e, size_t pos, uint32_t lane, otlp_
     return (long)(p - e->out);
 }
 
+/* Grows one per-record work array to `cap` elements of `elem` bytes; *arr is
+ * kept on failure (the encoder's free releases it). */
+static int otlp__grow(void **arr, size_t cap, size_t elem)
+{
+    void *p = realloc(*arr, cap * elem);
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    return 0;
+}
+
 static int otlp__w_batch(otlp_encoder_t *e, size_t n)
 {
     if (n <= e->w_cap)
         return 0;
     size_t cap = n < 64 ? 64 : n;
-    span_record_t *r = realloc(e->w_recs, cap * sizeof *r);
-    if (!r)
+    if (otlp__grow((void **)&e->w_recs, cap, sizeof *e->w_recs) ||
+        otlp__grow((void **)&e->w_next, cap, sizeof *e->w_next) ||
+        otlp__grow((void **)&e->w_scopes, cap, sizeof *e->w_scopes) ||
+        otlp__grow((void **)&e->w_res, cap, sizeof *e->w_res) ||
+        otlp__grow((void **)&e->w_ifirst, cap, sizeof *e->w_ifirst) ||
+        otlp__grow((void **)&e->w_icount, cap, sizeof *e->w_icount))
         return -ENOMEM;
-    e->w_recs = r;
-    uint32_t *nx = realloc(e->w_next, cap * sizeof *nx);
-    if (!nx)
-        return -ENOMEM;
-    e->w_next = nx;
-    otlp__wscope_t *sc = realloc(e->w_scopes, cap * sizeof *sc);
-    if (!sc)
-        return -ENOMEM;
-    e->w_scopes = sc;
-    otlp__wres_t *rs = realloc(e->w_res, cap * sizeof *rs);
-    if (!rs)
-        return -ENOMEM;
-    e->w_res = rs;
-    uint32_t *f = realloc(e->w_ifirst, cap * sizeof *f);
-    if (!f)
-        return -ENOMEM;
-    e->w_ifirst = f;
-    uint32_t *c = realloc(e->w_icount, cap * sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    e->w_icount = c;
     e->w_cap = cap;
     return 0;
 }

@@ -23,6 +23,7 @@
 #include "grpc.h"
 #include "otlp_proto.h"
 #include "tap.h"
+#include "grpc_test.h"
 
 #define EXPORT_PATH "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 #define MS 1000000ull
@@ -36,39 +37,10 @@ static int g_port;
 
 /* ------------------------------------------------------------- the server */
 
-/* Runs argv (NULL-terminated) with stdout on a pipe until it prints
- * "listening on PORT"; returns PORT or -1.  *pid gets the child. */
+/* Runs argv until it prints "listening on PORT" (tests/grpc/grpc_test.h). */
 static int spawn_listener(char *const argv[], pid_t *pid_out)
 {
-    int fds[2];
-    if (pipe(fds) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        int logfd = open(g_log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (logfd >= 0)
-            dup2(logfd, 2);
-        close(fds[0]);
-        execv(argv[0], argv);
-        perror("execv(python)");
-        _exit(127);
-    }
-    close(fds[1]);
-    *pid_out = pid;
-    FILE *f = fdopen(fds[0], "r");
-    char line[256];
-    int got = -1;
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned p;
-        if (sscanf(line, "listening on %u", &p) == 1) {
-            got = (int)p;
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    return got;
+    return spawn_listener_log(argv, g_log, pid_out);
 }
 
 static int server_start(uint16_t port)

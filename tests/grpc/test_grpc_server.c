@@ -35,6 +35,7 @@
 #include "grpc.h"
 #include "shop/test/v1/echo.pb-c.h"
 #include "tap.h"
+#include "grpc_test.h"
 
 #define MS 1000000ull
 #define MIB (1u << 20)
@@ -46,38 +47,10 @@ static loop_t *g_loop;
 
 /* ------------------------------------------------------------- processes */
 
-/* Runs argv with stdout on a pipe until it prints "listening on PORT". */
+/* Runs argv until it prints "listening on PORT" (tests/grpc/grpc_test.h). */
 static int spawn_listener(char *const argv[], pid_t *pid_out)
 {
-    int fds[2];
-    if (pipe(fds) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        int logfd = open(g_log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (logfd >= 0)
-            dup2(logfd, 2);
-        close(fds[0]);
-        execv(argv[0], argv);
-        perror("execv");
-        _exit(127);
-    }
-    close(fds[1]);
-    *pid_out = pid;
-    FILE *f = fdopen(fds[0], "r");
-    char line[256];
-    int got = -1;
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned p;
-        if (sscanf(line, "listening on %u", &p) == 1) {
-            got = (int)p;
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    return got;
+    return spawn_listener_log(argv, g_log, pid_out);
 }
 
 /* Runs a shell command; returns its exit status and its stdout (malloc'd). */
