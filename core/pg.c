@@ -16,6 +16,10 @@
  *    stays on its connection until the server's answer (the cancel error)
  *    arrives and is dropped, so the connection stays usable.
  *
+ * Prepared statements (pg_query_opts_t.prepare): the first time a session
+ * runs one, PREPARE is sent alone and the execution follows from
+ * pg__finish_cur, on the same connection, without going back to a queue.
+ *
  * Pipeline mode is not used: the pool already runs N statements at once on
  * N connections, and one-statement-at-a-time keeps the error semantics
  * simple (in a pipeline, one failed statement aborts the rest of the batch
@@ -33,6 +37,7 @@
 static const trace_scope_t pg__scope = TRACE_SCOPE("shop.core.pg", "0.1.0");
 
 #define PG__NS_PER_MS 1000000u
+#define PG__PREP_MAX 32u /* prepared statements remembered per connection */
 
 typedef enum { PG__Q_QUERY = 1, PG__Q_BEGIN, PG__Q_END } pg__kind_t;
 typedef enum { PG__C_DOWN = 1, PG__C_CONNECTING, PG__C_READY } pg__cstate_t;
@@ -55,6 +60,9 @@ typedef struct pg__req {
     const char **values;
     int *lengths, *formats;
     int rfmt;
+    bool prepare;       /* pg_query_opts_t.prepare */
+    bool preparing;     /* in flight is its PREPARE; the execution follows */
+    uint64_t sql_hash;  /* names the prepared statement (prepare only) */
     pg_result_cb cb;
     pg_txn_cb tcb;
     void *arg;
@@ -78,6 +86,8 @@ struct pg__conn {
     pg_txn_t *txn;     /* transaction owning this connection, or NULL */
     loop_timer_t timer;/* connect timeout (CONNECTING) or backoff (DOWN) */
     uint32_t backoff_ms;
+    uint64_t prepared[PG__PREP_MAX]; /* sql hashes prepared in this session */
+    unsigned n_prepared;             /* n_prepared <= PG__PREP_MAX */
 };
 
 struct st_pg_txn_t {
@@ -263,6 +273,17 @@ static pg__req_t *pg__req_new(pg_pool_t *p, pg__kind_t kind, const char *sql, in
     r->kind = kind;
     r->nparams = nparams;
     r->rfmt = o != NULL ? o->result_format : 0;
+    if (o != NULL && o->prepare) {
+        /* FNV-1a of the text names the statement; a 64-bit collision between
+         * two statements of one program is the admitted risk. */
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i < sql_len; i++) {
+            h ^= (unsigned char)sql[i];
+            h *= 1099511628211ull;
+        }
+        r->prepare = true;
+        r->sql_hash = h;
+    }
     loop_timer_init(&r->timer);
 
     /* Span name per semconv v1.37: "{db.operation.name} {target}", else the
@@ -397,6 +418,7 @@ static void pg__conn_close_handles(pg__conn_t *c)
         PQfinish(c->pc);
         c->pc = NULL;
     }
+    c->n_prepared = 0; /* prepared statements live as long as the session */
     loop_timer_stop(c->pool->loop, &c->timer);
 }
 
@@ -499,10 +521,39 @@ static bool pg__is_conn_state(const char *st)
     return st != NULL && ((st[0] == '5' && st[1] == '7' && st[2] == 'P') || (st[0] == '0' && st[1] == '8'));
 }
 
+static void pg__flush(pg__conn_t *c);
+static bool pg__is_prepared(const pg__conn_t *c, uint64_t h);
+static void pg__stmt_name(uint64_t h, char *out);
+
 static void pg__finish_cur(pg__conn_t *c)
 {
     pg__req_t *r = c->cur;
     PGresult *res = c->keep;
+    if (r->preparing && res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        /* PREPARE done: remember it (also when r was abandoned meanwhile: the
+         * statement exists in the session), then execute r by name. */
+        r->preparing = false;
+        PQclear(res);
+        c->keep = NULL;
+        if (!pg__is_prepared(c, r->sql_hash) && c->n_prepared < PG__PREP_MAX)
+            c->prepared[c->n_prepared++] = r->sql_hash;
+        if (r->abandoned) {
+            c->cur = NULL;
+            r->inflight = false;
+            free(r);
+            return;
+        }
+        char name[24];
+        pg__stmt_name(r->sql_hash, name);
+        if (PQsendQueryPrepared(c->pc, name, r->nparams, r->values, r->lengths, r->formats,
+                                r->rfmt)) {
+            pg__flush(c);
+            return;
+        }
+        /* not sent: fails below as "no result" (a lost connection is
+         * noticed by pg__collect right after) */
+        res = NULL;
+    }
     c->cur = NULL;
     c->keep = NULL;
     r->inflight = false;
@@ -579,8 +630,25 @@ static void pg__flush(pg__conn_t *c)
     loop_watch_set(c->w, LOOP_WATCH_READ | (r == 1 ? LOOP_WATCH_WRITE : 0u));
 }
 
+static bool pg__is_prepared(const pg__conn_t *c, uint64_t h)
+{
+    for (unsigned i = 0; i < c->n_prepared; i++)
+        if (c->prepared[i] == h)
+            return true;
+    return false;
+}
+
+/* out: at least 22 bytes ("shop_" + 16 hex digits + NUL). */
+static void pg__stmt_name(uint64_t h, char *out)
+{
+    snprintf(out, 22, "shop_%016llx", (unsigned long long)h);
+}
+
 /* Sends r on the idle READY connection c.  On a dead connection r goes
- * back to the front of its queue (it was not sent). */
+ * back to the front of its queue (it was not sent).  A statement to prepare
+ * is sent as PREPARE first when the session does not have it yet (the
+ * execution follows from pg__finish_cur); past PG__PREP_MAX statements a
+ * connection sends the others unprepared. */
 static void pg__send(pg__conn_t *c, pg__req_t *r, pg__fifo_t *from)
 {
     /* A FATAL + EOF may already sit in the socket (server restart while the
@@ -590,8 +658,21 @@ static void pg__send(pg__conn_t *c, pg__req_t *r, pg__fifo_t *from)
         pg__conn_lost(c, "found closed before sending");
         return;
     }
-    int ok = PQsendQueryParams(c->pc, r->sql, r->nparams, NULL, r->values, r->lengths,
+    int ok;
+    if (r->prepare && pg__is_prepared(c, r->sql_hash)) {
+        char name[24];
+        pg__stmt_name(r->sql_hash, name);
+        ok = PQsendQueryPrepared(c->pc, name, r->nparams, r->values, r->lengths, r->formats,
+                                 r->rfmt);
+    } else if (r->prepare && c->n_prepared < PG__PREP_MAX) {
+        char name[24];
+        pg__stmt_name(r->sql_hash, name);
+        ok = PQsendPrepare(c->pc, name, r->sql, r->nparams, NULL);
+        r->preparing = ok != 0;
+    } else {
+        ok = PQsendQueryParams(c->pc, r->sql, r->nparams, NULL, r->values, r->lengths,
                                r->formats, r->rfmt);
+    }
     if (!ok) {
         if (PQstatus(c->pc) == CONNECTION_BAD) {
             pg__fifo_push_front(from, r);

@@ -101,6 +101,9 @@ typedef struct {
     const trace_context_t *parent;  /* span parent; NULL = new trace */
     uint32_t timeout_ms;            /* 0 = the pool's query_timeout_ms */
     int result_format;              /* 0 text, 1 binary */
+    bool prepare;                   /* prepare the statement once per connection (named after a
+                                     * hash of its text) and execute it by name afterwards: no
+                                     * parse and plan per call, for statements run often */
 } pg_query_opts_t;
 
 typedef struct {

@@ -844,8 +844,9 @@ static void order_get(grpc_server_call_t *call, const ProtobufCMessage *m, void 
         return;
     }
     const char *v[] = {q->id};
+    /* prepared once per pooled connection: the hot read skips parse and plan */
     pg_query_opts_t o = {.operation = "SELECT", .collection = "orders",
-                         .parent = trace_span_context(grpc_server_call_span(call))};
+                         .parent = trace_span_context(grpc_server_call_span(call)), .prepare = true};
     int ret = pg_query(svc->pool, "SELECT " ORDER_COLS " FROM orders WHERE id = $1", 1, v, NULL, NULL,
                        &o, order_on_get, call);
     if (ret != 0)

@@ -2,7 +2,8 @@
  * tests/db/test_pg.c - core/pg against a real PostgreSQL started by
  * tests/db/pg-harness.sh in a private temporary cluster: a pool of 4 under
  * 1000 concurrent queries, parameters never inlined, timeouts (local and
- * statement_timeout), transactions, a server restart mid-run, and one
+ * statement_timeout), transactions, prepared statements (once per session,
+ * again after a reconnect), a server restart mid-run, and one
  * CLIENT span per query with the semconv v1.37 DB attributes.
  *
  * Usage: test_pg /path/to/pg-harness.sh
@@ -82,6 +83,19 @@ static int q(const char *sql, int n, const char *const *v, const char *op, const
 {
     pg_query_opts_t o = {.operation = op, .collection = coll};
     return pg_query(pool, sql, n, v, NULL, NULL, &o, on_res, NULL);
+}
+
+/* The same statement, prepared once per connection (pg_query_opts_t.prepare). */
+static const char prep_sql[] = "SELECT $1::int * 2 AS prepared_double";
+static void prep_doubles(int n)
+{
+    for (long i = 0; i < n; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "%ld", i);
+        const char *vals[] = {v};
+        pg_query_opts_t o = {.operation = "SELECT", .prepare = true};
+        pg_query(pool, prep_sql, 1, vals, NULL, NULL, &o, on_double, (void *)(intptr_t)i);
+    }
 }
 
 static pg_txn_t *txn;
@@ -234,6 +248,39 @@ int main(int argc, char **argv)
     run_n(loop, 1, 5000);
     tap_check(strcmp(last_value, "1,2") == 0, "committed row visible, rolled-back row absent: %s", last_value);
 
+    /* --- prepared statements --- */
+    reset();
+    prep_doubles(200);
+    fin = run_n(loop, 200, 30000);
+    tap_check(fin && n_ok == 200 && n_bad == 0, "200 prepared queries on 4 connections: %d ok, %d bad",
+              n_ok, n_bad);
+    for (int i = 0; i < 4; i++) { /* one per connection: each session prepared it once */
+        reset();
+        const char *pv[] = {prep_sql};
+        q("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", 1, pv, "SELECT", NULL);
+        run_n(loop, 1, 5000);
+        tap_check(n_ok == 1 && strcmp(last_value, "1") == 0,
+                  "the session holds the statement prepared exactly once (count %s)", last_value);
+    }
+    reset();
+    {
+        const char *zero[] = {"0"}, *one[] = {"1"};
+        pg_query_opts_t po1 = {.operation = "SELECT", .prepare = true};
+        pg_query(pool, "SELECT 10 / $1::int", 1, zero, NULL, NULL, &po1, on_res, NULL);
+        run_n(loop, 1, 5000);
+        tap_check(last_status == PG_ERR_SERVER, "a prepared statement failing at execution: PG_ERR_SERVER (%s)",
+                  pg_strerror(last_status));
+        reset();
+        pg_query(pool, "SELECT 10 / $1::int", 1, one, NULL, NULL, &po1, on_res, NULL);
+        run_n(loop, 1, 5000);
+        tap_check(n_ok == 1 && strcmp(last_value, "10") == 0, "the same statement then answers: %s", last_value);
+        reset();
+        pg_query(pool, "SELEKT nonsense $1", 1, one, NULL, NULL, &po1, on_res, NULL);
+        run_n(loop, 1, 5000);
+        tap_check(last_status == PG_ERR_SERVER, "a statement that cannot be prepared: PG_ERR_SERVER (%s)",
+                  pg_strerror(last_status));
+    }
+
     /* --- restart mid-run --- */
     reset();
     pg_counters_t c0;
@@ -252,6 +299,11 @@ int main(int argc, char **argv)
         q("SELECT count(*) FROM items", 0, NULL, "SELECT", "items");
     run_n(loop, 20, 15000);
     tap_check(n_ok == 20, "20 later queries succeed after reconnect: %d", n_ok);
+    reset();
+    prep_doubles(40);
+    run_n(loop, 40, 15000);
+    tap_check(n_ok == 40 && n_bad == 0, "prepared queries after reconnect (new sessions prepare again): %d ok",
+              n_ok);
     bool all_back = dbt_run_until(loop, pool_ready4, NULL, 10000);
     pg_counters_t c1;
     pg_pool_counters(pool, &c1);
