@@ -222,6 +222,9 @@ typedef enum {
       NULL, "", "ms from a request's first byte to its last; slower is 408")                 \
     X(GATEWAY_IDLE_TIMEOUT, "gateway", "idle_timeout", CONFIG_T_INT, "60000", 10, 3600000,    \
       NULL, "", "ms a keep-alive connection may sit idle before it is closed")               \
+    X(GATEWAY_HEALTH_UPSTREAMS, "gateway", "health_upstreams", CONFIG_T_BOOL, "true", 0, 0,   \
+      NULL, "", "GET /api/health asks user-svc and order-svc (grpc.health.v1); false answers " \
+      "from the gateway alone (liveness; the HTTP-layer benchmark)")                          \
     X(SERVICE_SHUTDOWN_GRACE, "service", "shutdown_grace", CONFIG_T_INT, "10000", 0, 600000,  \
       NULL, "", "ms a service lets calls in flight finish after SIGTERM before resetting them")
 

@@ -214,6 +214,7 @@ int main(int argc, char **argv)
     gw->read_ns = (uint64_t)config_int(cfg, CONFIG_GATEWAY_READ_TIMEOUT) * 1000000ull;
     gw->idle_ns = (uint64_t)config_int(cfg, CONFIG_GATEWAY_IDLE_TIMEOUT) * 1000000ull;
     gw->max_conns = (uint64_t)config_int(cfg, CONFIG_GATEWAY_MAX_CONNS);
+    gw->health_upstreams = config_bool(cfg, CONFIG_GATEWAY_HEALTH_UPSTREAMS);
     uint64_t entries = (uint64_t)config_int(cfg, CONFIG_GATEWAY_RATE_ENTRIES);
     if (gw_limiter_init(&gw->rl_user, entries, config_int(cfg, CONFIG_GATEWAY_RATE_USER),
                         config_int(cfg, CONFIG_GATEWAY_BURST_USER)) < 0 ||

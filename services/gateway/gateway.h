@@ -131,6 +131,7 @@ struct st_gw_t {
     const char *secret;
     gw_conn_t *conn_list; /* for shutdown: idle connections close at once */
     bool stopping;
+    bool health_upstreams; /* /api/health asks user-svc and order-svc */
     /* metrics (gw_metrics.c) */
     uint64_t req_count[GW_R__COUNT][GW_NCODES];
     uint64_t lat[GW_R__COUNT][GW_NBUCKETS + 1];

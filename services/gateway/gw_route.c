@@ -519,6 +519,11 @@ void gw_route_handle(gw_conn_t *c, const http1c_head_t *h, const http1c_header_t
         gw_req_finish(r, 429, "application/json", e429a, sizeof e429a - 1, retry);
         return;
     }
+    if (r->route == GW_R_HEALTH && !gw->health_upstreams) {
+        static const char ok[] = "{\"status\":\"ok\"}";
+        gw_req_finish(r, 200, "application/json", ok, sizeof ok - 1, NULL);
+        return;
+    }
     if (r->route == GW_R_HEALTH) {
         Grpc__Health__V1__HealthCheckRequest hq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
         hq.service = (char *)""; /* protobuf-c's field is char *, never written */

@@ -404,6 +404,15 @@ ok(sts == [503, 503, 503, 429] and st2 == 503, "per-user bucket: the 4th of alic
    (sts, st2))
 g.stop()
 
+# --- /api/health without upstream checks (health_upstreams = false: liveness of the gateway alone)
+g = Gateway("health_upstreams = false\n")
+st, h, b = curl(g, "/api/health")
+ok(st == 200 and json.loads(b) == {"status": "ok"} and "traceparent" in h,
+   "health_upstreams=false: 200 {\"status\":\"ok\"} with the upstreams down", (st, h, b))
+st, h, b = curl(g, "/api/orders/o1", headers=["Authorization: Bearer " + g.token("alice")])
+ok(st == 503 and json_error(b), "upstream routes still 503 with the upstreams down", (st, b))
+g.stop()
+
 # --- connection cap
 g = Gateway("max_conns = 2\n")
 s1 = socket.create_connection(("127.0.0.1", g.port))
