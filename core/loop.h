@@ -237,7 +237,7 @@ void loop_listener_close(loop_listener_t *l);
 void loop_stop_accepting(loop_t *loop);
 /* Graceful shutdown: stop accepting, let open connections finish, and stop
  * the loop when none is left (loop_run() returns 0).  When deadline_ns
- * passes first, every connection not yet closing is closed with
+ * (a delay from now, in ns, not a loop_now_ns() time) passes first, every connection not yet closing is closed with
  * forced_close_cb (may be NULL) as its close callback, and loop_run()
  * returns -ETIMEDOUT after the close callbacks ran.  Call it from a loop
  * callback (typically the SIGTERM handler).  Errors: -ENOMEM (timer heap). */

@@ -126,6 +126,11 @@ typedef struct st_ring__lane_t {
     uint64_t begun;     /* records begun (seq of the last one begun) */
     uint64_t full;      /* RING_DROP_FULL on this lane */
     uint64_t truncated; /* committed records cut down to fit */
+    /* `full` and `truncated` when the owner claimed the lane (stored by it
+     * at claim, in this line's padding: a ring made before these fields
+     * existed reads 0 here, i.e. counts since the lane was created) */
+    uint64_t full_at_claim;
+    uint64_t truncated_at_claim;
 
     /* owner line: claim CAS and what the claimer recorded at claim time */
     _Alignas(RING_CACHELINE) uint64_t owner; /* (gen << 32) | pid; pid 0 = free */
@@ -621,6 +626,8 @@ int ring_producer_acquire(ring_t *r, const void *meta, uint32_t meta_len, ring_p
         p->full = ck_pr_load_64(&l->full);
         p->truncated = ck_pr_load_64(&l->truncated);
         p->max_payload = r->geo.max_record - RING_RECORD_HEADER;
+        ck_pr_store_64(&l->full_at_claim, p->full);
+        ck_pr_store_64(&l->truncated_at_claim, p->truncated);
         ck_pr_store_64(&l->claim_begun, p->begun);
         ck_pr_store_64(&l->claim_tail, tw);
         ck_pr_store_64(&l->torn_at_claim, ck_pr_load_64(&l->torn));
@@ -1240,6 +1247,46 @@ int ring_lane_meta(const ring_t *r, uint32_t lane, const void **meta, int32_t *p
 }
 
 /* -------------------------------------------------------------- stats */
+
+int ring_lane_stats(const ring_t *r, uint32_t lane, ring_lane_stats_t *out)
+{
+    if (lane >= r->geo.lanes)
+        return -ENOENT;
+    ring__lane_t *l = &r->lane[lane];
+    memset(out, 0, sizeof *out);
+    uint64_t w = ck_pr_load_64(&l->owner);
+    out->pid = (int32_t)(w & RING__PID_MASK);
+    if (out->pid != 0) {
+        out->tid = (int32_t)ck_pr_load_32((uint32_t *)&l->owner_tid);
+        out->alive = ring__alive(out->pid, out->tid, ck_pr_load_64(&l->owner_start));
+    }
+    uint64_t hw = ck_pr_load_64(&l->head);
+    uint64_t tw = ck_pr_load_64(&l->tail); /* after head: tail >= head */
+    uint64_t b = (RING__WPOS(tw) - RING__WPOS(hw)) & RING__POS_MASK;
+    uint64_t c = (RING__WCNT(tw) - RING__WCNT(hw)) & RING__CNT_MASK;
+    if (b <= r->geo.lane_size && c <= r->geo.lane_size / 16u) {
+        out->in_ring = c;
+        out->bytes_used = b;
+    }
+    out->full = ck_pr_load_64(&l->full);
+    out->truncated = ck_pr_load_64(&l->truncated);
+    if (out->pid != 0) {
+        /* records committed since the claim: begun - claim_begun counts in
+         * 64 bits but includes a write in progress (at most one); the tail's
+         * count is exact but 25 bits wide.  Their difference mod 2^25 is the
+         * write in progress (a few more if records committed between the
+         * loads: then the tail's count is the better figure). */
+        uint64_t committed = (RING__WCNT(tw) - RING__WCNT(ck_pr_load_64(&l->claim_tail))) & RING__CNT_MASK;
+        uint64_t d = ck_pr_load_64(&l->begun) - ck_pr_load_64(&l->claim_begun);
+        uint64_t x = (d - committed) & RING__CNT_MASK;
+        out->written = x <= d && x <= 1 ? d - x : committed;
+        out->full -= ck_pr_load_64(&l->full_at_claim) <= out->full ? ck_pr_load_64(&l->full_at_claim) : 0;
+        out->truncated -= ck_pr_load_64(&l->truncated_at_claim) <= out->truncated
+                              ? ck_pr_load_64(&l->truncated_at_claim)
+                              : 0;
+    }
+    return 0;
+}
 
 void ring_stats(const ring_t *r, ring_stats_t *out)
 {

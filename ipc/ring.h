@@ -121,6 +121,20 @@ typedef struct st_ring_stats_t {
     uint64_t bytes_capacity; /* lanes * lane_size, for a fill percentage */
 } ring_stats_t;
 
+/* One lane's owner and counters (ring_lane_stats).  With an owner (pid != 0)
+ * the counters are those of the current owner, since it claimed the lane;
+ * with none, of the lane's whole life. */
+typedef struct st_ring_lane_stats_t {
+    int32_t pid;        /* owner process, 0 = free */
+    int32_t tid;        /* owner thread, 0 = unknown */
+    bool alive;         /* the owner still runs (pid, tid and start time) */
+    uint64_t written;   /* records committed since the claim (owner only) */
+    uint64_t full;      /* spans dropped because this lane was full */
+    uint64_t truncated; /* committed records cut down to fit */
+    uint64_t in_ring;   /* committed, not yet released by the consumer */
+    uint64_t bytes_used;
+} ring_lane_stats_t;
+
 /* ------------------------------------------------------------ prototypes */
 
 /* Names of drop reasons ("full", ...); NULL for an out-of-range value. */
@@ -233,6 +247,10 @@ int ring_consumer_reap(ring_t *r);
  * owner pid.  Returns meta length, or -ENOENT. */
 int ring_lane_meta(const ring_t *r, uint32_t lane, const void **meta,
                    int32_t *pid);
+
+/* One lane's owner and counters, read without any role (the per-producer
+ * view of `shop-ring lanes`).  Returns 0, or -ENOENT for a lane out of range. */
+int ring_lane_stats(const ring_t *r, uint32_t lane, ring_lane_stats_t *out);
 
 /* A snapshot of all counters; any process may call it (it takes no role
  * and no lane).  The consumer-side values come from one consistent cut

@@ -3,12 +3,19 @@
  *
  * Usage:
  *   shop-ring stat [--name /shop-trace] [--json]
+ *   shop-ring lanes [--name /shop-trace] [--json]
  *   shop-ring create [--name /shop-trace] --lanes 64 --lane-size 1048576 --max-record 4096
  *   shop-ring unlink [--name /shop-trace]
  *
  * `stat` attaches read-only in spirit: it takes neither the consumer role
  * nor a lane, only reads the counters (ring_stats).  Exit status: 0 ok,
  * 1 bad usage or a failed operation, 2 the ring does not exist.
+ *
+ * `lanes` prints one line per lane that has an owner or records in it:
+ * owner pid/tid, alive, and the owner's counters since it claimed the lane
+ * (written, dropped because the lane was full, truncated), plus the records
+ * still in the lane.  One producing thread holds one lane, so summing the
+ * lines of a pid gives that process's share of the ring's totals.
  */
 #include "ring.h"
 
@@ -21,6 +28,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: shop-ring stat [--name NAME] [--json]\n"
+               "       shop-ring lanes [--name NAME] [--json]\n"
                "       shop-ring create [--name NAME] --lanes N --lane-size BYTES "
                "--max-record BYTES\n"
                "       shop-ring unlink [--name NAME]\n"
@@ -94,6 +102,39 @@ static void print_json(const char *name, const ring_stats_t *s)
            s->redelivered, s->resyncs, s->producers, s->consumer_pid);
 }
 
+static void print_lanes(const ring_t *r, const char *name, uint32_t nlanes, int json)
+{
+    if (json)
+        printf("{\"name\":\"%s\",\"lanes\":[", name[0] && !strpbrk(name, "\"\\") ? name : "?");
+    else
+        printf("%-5s %-8s %-8s %-5s %12s %10s %10s %8s\n", "LANE", "PID", "TID", "ALIVE", "WRITTEN",
+               "DROPPED", "TRUNCATED", "IN_RING");
+    int first = 1;
+    for (uint32_t i = 0; i < nlanes; i++) {
+        ring_lane_stats_t l;
+        if (ring_lane_stats(r, i, &l) != 0 || (l.pid == 0 && l.in_ring == 0))
+            continue;
+        if (json) {
+            printf("%s{\"lane\":%" PRIu32 ",\"pid\":%" PRId32 ",\"tid\":%" PRId32
+                   ",\"alive\":%s,\"written\":%" PRIu64 ",\"dropped_full\":%" PRIu64
+                   ",\"truncated\":%" PRIu64 ",\"in_ring\":%" PRIu64 "}",
+                   first ? "" : ",", i, l.pid, l.tid, l.alive ? "true" : "false", l.written, l.full,
+                   l.truncated, l.in_ring);
+        } else if (l.pid != 0) {
+            printf("%-5" PRIu32 " %-8" PRId32 " %-8" PRId32 " %-5s %12" PRIu64 " %10" PRIu64
+                   " %10" PRIu64 " %8" PRIu64 "\n",
+                   i, l.pid, l.tid, l.alive ? "yes" : "no", l.written, l.full, l.truncated,
+                   l.in_ring);
+        } else {
+            printf("%-5" PRIu32 " %-8s %-8s %-5s %12s %10s %10s %8" PRIu64 "\n", i, "-", "-", "-",
+                   "-", "-", "-", l.in_ring);
+        }
+        first = 0;
+    }
+    if (json)
+        printf("]}\n");
+}
+
 int main(int argc, char **argv)
 {
     const char *name = "/shop-trace";
@@ -135,7 +176,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    if (strcmp(cmd, "stat") == 0) {
+    if (strcmp(cmd, "stat") == 0 || strcmp(cmd, "lanes") == 0) {
         ring_t *r;
         int rc = ring_open(name, NULL, false, &r, err, sizeof err);
         if (rc == -ENOENT) {
@@ -148,7 +189,9 @@ int main(int argc, char **argv)
         }
         ring_stats_t s;
         ring_stats(r, &s);
-        if (json)
+        if (strcmp(cmd, "lanes") == 0)
+            print_lanes(r, name, s.geometry.lanes, json);
+        else if (json)
             print_json(name, &s);
         else
             print_human(name, &s);

@@ -129,7 +129,11 @@ static void gw_on_signal(loop_t *loop, int signo, void *arg)
     gw_log("signal %d: graceful shutdown", signo);
     gw->stopping = true;
     gw->listener = NULL;
-    loop_shutdown(loop, loop_now_ns() + 10ull * 1000000000ull, NULL);
+    /* loop_shutdown takes the grace period from now (it was given now + 10 s,
+     * so the deadline lay days ahead and the gateway never stopped while the
+     * upstream channels kept their connections open) */
+    loop_shutdown(loop, (uint64_t)config_int(gw->cfg, CONFIG_SERVICE_SHUTDOWN_GRACE) * 1000000ull,
+                  NULL);
     /* idle keep-alive connections go now; busy ones answer with
      * Connection: close and go after their answer */
     for (gw_conn_t *c = gw->conn_list, *next; c != NULL; c = next) {
@@ -139,6 +143,10 @@ static void gw_on_signal(loop_t *loop, int signo, void *arg)
         else if (c->req != NULL)
             c->req->conn_close = true;
     }
+    /* the upstream channels' idle connections would hold the loop until the
+     * grace period ends: stop once the last client connection is gone */
+    if (gw->conns == 0)
+        loop_stop(loop);
 }
 
 static void gw_log_line(void *u, const char *s)

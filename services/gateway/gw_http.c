@@ -130,9 +130,12 @@ static void gw_on_close(loop_conn_t *lc, void *data)
 {
     (void)lc;
     gw_conn_t *c = data;
-    c->gw->conns--;
+    gw_t *gw = c->gw;
+    gw->conns--;
     free(c->in);
     free(c);
+    if (gw->stopping && gw->conns == 0)
+        loop_stop(gw->loop); /* the last client went (see gw_on_signal) */
 }
 
 void gw_conn_close(gw_conn_t *c)

@@ -3,7 +3,8 @@
  * geometry messages (promise 7), owner-only creation and the layout check
  * on attach (promise 6), a byte-exact round trip through wrap and PAD, the
  * full lane (promise 1's drop+count), deterministic and random corruption
- * of records and control words (never a crash; counted), and shop-ring.
+ * of records and control words (never a crash; counted), the per-lane
+ * counters of the current owner (ring_lane_stats), and shop-ring.
  *
  * Run: meson test -C BUILD --suite unit test_ring_unit   (TAP)
  */
@@ -449,6 +450,82 @@ static void test_corrupt_random(void)
     ring_unlink(name);
 }
 
+/* ring_lane_stats: the owner's pid and its counters since it claimed the
+ * lane (written, full, truncated), a write in progress not counted, the
+ * counters starting again at 0 for the next owner of the same lane. */
+static void test_lane_stats(void)
+{
+    char name[96];
+    rt_name(name, sizeof name, "lanestats");
+    ring_unlink(name);
+    ring_geometry_t g = {.lanes = 1, .max_record = 512, .lane_size = 65536};
+    ring_t *r;
+    err[0] = '\0';
+    if (!tap_check(ring_open(name, &g, true, &r, err, sizeof err) == 0, "lane stats: ring created (%s)", err))
+        return;
+    ring_lane_stats_t l;
+    tap_check(ring_lane_stats(r, 0, &l) == 0 && l.pid == 0 && l.written == 0 && l.in_ring == 0,
+              "lane stats: a fresh lane has no owner and nothing written");
+    tap_check(ring_lane_stats(r, 1, &l) == -ENOENT, "lane stats: lane out of range -> -ENOENT");
+    ring_producer_t *p;
+    ring_producer_acquire(r, NULL, 0, &p);
+    uint64_t committed = 0, nulls = 0;
+    for (int i = 0; i < 400; i++) {
+        uint8_t *dst = ring_try_reserve_spsc(p, 200);
+        if (dst == NULL) {
+            nulls++;
+            continue;
+        }
+        ring_commit_spsc(p, i < 3);
+        committed++;
+    }
+    ring_lane_stats(r, 0, &l);
+    err[0] = '\0';
+    tap_check(l.pid == (int32_t)getpid() && l.alive && l.written == committed && l.full == nulls &&
+                  nulls > 0 && l.truncated == 3 && l.in_ring == committed,
+              "lane stats: pid %d alive, written %" PRIu64 " (want %" PRIu64 "), full %" PRIu64
+              " (want %" PRIu64 "), truncated %" PRIu64 ", in_ring %" PRIu64,
+              (int)l.pid, l.written, committed, l.full, nulls, l.truncated, l.in_ring);
+    if (!tap_check(ring_consumer_open(r, err, sizeof err) == 0, "lane stats: consumer (%s)", err)) {
+        ring_producer_release(p);
+        ring_close(r);
+        ring_unlink(name);
+        return;
+    }
+    ring_record_t recs[64];
+    int n;
+    while ((n = ring_consumer_peek(r, recs, 64)) > 0)
+        ring_consumer_release(r, (uint64_t)n, (uint64_t)n, RING_DROP_REJECTED);
+    tap_check(ring_try_reserve_spsc(p, 100) != NULL, "lane stats: a write begun");
+    ring_lane_stats(r, 0, &l);
+    tap_check(l.written == committed && l.in_ring == 0,
+              "lane stats: a write in progress is not counted, drained lane in_ring 0 (written %" PRIu64 ")",
+              l.written);
+    ring_commit_spsc(p, false);
+    ring_lane_stats(r, 0, &l);
+    tap_check(l.written == committed + 1 && l.in_ring == 1, "lane stats: its commit is (written %" PRIu64 ")",
+              l.written);
+    while ((n = ring_consumer_peek(r, recs, 64)) > 0)
+        ring_consumer_release(r, (uint64_t)n, (uint64_t)n, RING_DROP_REJECTED);
+    ring_producer_release(p);
+    ring_lane_stats(r, 0, &l);
+    tap_check(l.pid == 0 && l.full == nulls && l.truncated == 3,
+              "lane stats: released, the lane's lifetime counters remain (full %" PRIu64 ")", l.full);
+    ring_producer_acquire(r, NULL, 0, &p);
+    for (int i = 0; i < 2; i++) {
+        ring_try_reserve_spsc(p, 64);
+        ring_commit_spsc(p, false);
+    }
+    ring_lane_stats(r, 0, &l);
+    tap_check(l.pid == (int32_t)getpid() && l.written == 2 && l.full == 0 && l.truncated == 0,
+              "lane stats: the next owner's counters start at 0 (written %" PRIu64 ", full %" PRIu64
+              ", truncated %" PRIu64 ")",
+              l.written, l.full, l.truncated);
+    ring_producer_release(p);
+    ring_close(r);
+    ring_unlink(name);
+}
+
 static void test_tool(void)
 {
     const char *tool = getenv("SHOP_RING");
@@ -482,6 +559,17 @@ static void test_tool(void)
                   strstr(out, "\"in_ring\":5,") && strstr(out, "\"producers\":1,") &&
                   strstr(out, "\"consumer_pid\":0}"),
               "shop-ring stat --json reports written/in_ring/producers: %s", out);
+    snprintf(cmd, sizeof cmd, "%s lanes --name %s --json", tool, name);
+    f = popen(cmd, "r");
+    got = fread(out, 1, sizeof out - 1, f);
+    out[got] = '\0';
+    st = pclose(f);
+    char want[128];
+    snprintf(want, sizeof want, "\"pid\":%d,", (int)getpid());
+    tap_check(WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, want) &&
+                  strstr(out, "\"alive\":true,\"written\":5,\"dropped_full\":0,") &&
+                  strstr(out, "\"in_ring\":5}"),
+              "shop-ring lanes --json: the lane's owner pid and its written/in_ring: %s", out);
     ring_stats_t s;
     ring_stats(r, &s);
     tap_check(s.consumer_pid == 0 && s.producers == 1,
@@ -502,6 +590,7 @@ int main(void)
     test_layout();
     test_corrupt_record();
     test_corrupt_random();
+    test_lane_stats();
     test_tool();
     return tap_done();
 }
