@@ -8,12 +8,18 @@
  *   SELECT ... FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT batch
  * For each row, in id order: if an earlier row of the same aggregate (order
  * id) is in flight, or was held back in this batch, the row is held back
- * too; otherwise kafka_produce (key = order id, value = payload, PRODUCER
- * span linked to the row's traceparent, i.e. the order's trace).  So never
+ * too; otherwise kafka_produce (key = order id, value = payload).  So never
  * two messages of one order are in flight, and a row goes out only after
  * every earlier row of its order was acknowledged: core/kafka does not
  * retry a message whose delivery timed out, so without this hold a later
  * event could overtake a failed earlier one.
+ *
+ * Trace: the row's traceparent (the CreateOrder SERVER span's context) is
+ * both the parent of the PRODUCER span and its link, so the span belongs
+ * to the order's trace, as DESIGN.md's expected trace shows it, and the
+ * message's traceparent header (the PRODUCER span's context) carries the
+ * order's trace id: a consumer continues the order's trace.  A row without
+ * a traceparent gets a trace of its own.
  *
  * Delivery report: success -> UPDATE outbox SET sent_at = now(); failure ->
  * attempts + 1, last_error; the row stays unsent and a later poll sends it
@@ -253,6 +259,7 @@ static void relay_on_rows(pg_pool_t *p, int st, const PGresult *res, const char 
                              .key_len = strlen(key),
                              .value = payload,
                              .value_len = (size_t)PQgetlength(res, i, 4),
+                             .parent = has_link ? &link : NULL,
                              .link = has_link ? &link : NULL};
         int ret = kafka_produce(r->kafka, &m, relay_on_delivery, x, NULL);
         if (ret != 0) {
@@ -286,7 +293,7 @@ static void relay_poll(order_relay_t *r)
     snprintf(lim, sizeof lim, "%u", r->batch);
     const char *v[] = {lim};
     /* No span parent: the relay's polls are their own (tiny) traces only
-     * when sampled; the PRODUCER spans link to the orders' traces. */
+     * when sampled; the PRODUCER spans belong to the orders' traces. */
     pg_query_opts_t q = {.operation = "SELECT", .collection = "outbox"};
     int ret = pg_query(r->pool,
                        "SELECT id, aggregate_id, topic, key, payload::text, coalesce(traceparent, '') "

@@ -4,7 +4,8 @@
  * byte by byte with an encoding written out by hand from the proto files'
  * field numbers (tag = field << 3 | wire type; 0 varint, 2 length-delimited),
  * then unpacked again; plus the service descriptors the gRPC server builds
- * its method table from (full names, method names, order).
+ * its method table from (full names, method names, order); and money:
+ * no float or double field anywhere in shop.v1, every *_cents field int64.
  *
  * A field renumbered or retyped (int64 -> sint64, say) still round-trips,
  * so only the hand-made bytes catch it; other languages' clients (grpcio in
@@ -245,8 +246,61 @@ static void test_health(void)
     check_service(&grpc__health__v1__health__descriptor, "grpc.health.v1.Health", 2, m);
 }
 
+/* Money is never floating point (issue 5, item 1): walks every message
+ * reachable from the four shop.v1 services and requires that no field is
+ * float or double, and that every money field (name ending in _cents) is
+ * int64.  Returns the number of messages seen. */
+static int money_walk(const ProtobufCMessageDescriptor *d, const ProtobufCMessageDescriptor **seen,
+                      int *nseen, int *floats, int *cents, int *bad_cents)
+{
+    for (int i = 0; i < *nseen; i++)
+        if (seen[i] == d)
+            return 0;
+    if (*nseen >= 64)
+        return 0;
+    seen[(*nseen)++] = d;
+    int n = 1;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type == PROTOBUF_C_TYPE_FLOAT || f->type == PROTOBUF_C_TYPE_DOUBLE) {
+            tap_diag("%s.%s is floating point", d->name, f->name);
+            (*floats)++;
+        }
+        size_t len = strlen(f->name);
+        if (len > 6 && strcmp(f->name + len - 6, "_cents") == 0) {
+            (*cents)++;
+            if (f->type != PROTOBUF_C_TYPE_INT64) {
+                tap_diag("%s.%s is not int64", d->name, f->name);
+                (*bad_cents)++;
+            }
+        }
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+            n += money_walk(f->descriptor, seen, nseen, floats, cents, bad_cents);
+    }
+    return n;
+}
+
+static void test_money(void)
+{
+    const ProtobufCServiceDescriptor *svcs[] = {
+        &shop__v1__order_service__descriptor, &shop__v1__user_service__descriptor,
+        &shop__v1__inventory_service__descriptor, &shop__v1__payment_service__descriptor};
+    const ProtobufCMessageDescriptor *seen[64];
+    int nseen = 0, floats = 0, cents = 0, bad = 0, msgs = 0;
+    for (size_t s = 0; s < sizeof svcs / sizeof svcs[0]; s++)
+        for (unsigned m = 0; m < svcs[s]->n_methods; m++) {
+            msgs += money_walk(svcs[s]->methods[m].input, seen, &nseen, &floats, &cents, &bad);
+            msgs += money_walk(svcs[s]->methods[m].output, seen, &nseen, &floats, &cents, &bad);
+        }
+    tap_check(msgs >= 19 && floats == 0,
+              "shop.v1: no float or double field in the %d messages the services use (%d found)", msgs,
+              floats);
+    tap_check(cents >= 5 && bad == 0, "shop.v1: every money field (*_cents, %d of them) is int64", cents);
+}
+
 int main(void)
 {
+    test_money();
     test_order();
     test_user();
     test_inventory();
