@@ -222,6 +222,12 @@ int svc_create(const svc_options_t *o, int argc, char **argv, svc_t **out)
         free(svc);
         return SVC_EXIT_CONFIG;
     }
+    if (o->check != NULL && o->check(svc->cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        config_free(svc->cfg);
+        free(svc);
+        return SVC_EXIT_CONFIG;
+    }
     if (check) {
         printf("ok\n");
         fflush(stdout);

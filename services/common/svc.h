@@ -20,9 +20,11 @@
  *
  * Command line: SERVICE [--config FILE] [--check-config].  Without
  * --config, config_load's rules apply ($SHOP_CONFIG, else ./shop.conf).
- * --check-config loads and validates the file (and the environment), prints
- * "ok" on stdout and exits 0, or prints the error (file:line: [section]
- * key = value: reason) on stderr and exits 2.
+ * --check-config loads and validates the file (and the environment) with
+ * every key's range and the service's own rules (svc_options_t.check), so
+ * that "ok" means the service will accept it; prints "ok" on stdout and
+ * exits 0, or prints the error (file:line: [section] key = value: reason)
+ * on stderr and exits 2.
  *
  * Start-up (svc_create): config_load, one log line per effective key
  * (stderr, "<name>: config: section.key = value  (origin)"), trace_init
@@ -87,6 +89,10 @@ typedef struct st_svc_t svc_t;
 typedef bool (*svc_health_cb)(svc_t *svc, void *arg);
 /* Runs once when a graceful shutdown starts, before listeners close. */
 typedef void (*svc_shutdown_cb)(svc_t *svc, void *arg);
+/* The service's own rules on its configuration, beyond each key's range
+ * (one key against another, an address that must be numeric): 0, or -1
+ * with "ORIGIN: [section] key = value: reason" in err. */
+typedef int (*svc_check_cb)(const config_t *c, char *err, size_t errlen);
 
 /* ----------------------------------------------------------------- structs */
 
@@ -97,6 +103,7 @@ typedef struct st_svc_options_t {
     config_id_t listen_port;    /* key of the listen port (CONFIG_USER_SVC_PORT) */
     unsigned needs;             /* SVC_NEED_* */
     const grpc_server_opts_t *server; /* NULL = grpc_server_new defaults */
+    svc_check_cb check;         /* NULL = none; run by --check-config and at start-up */
 } svc_options_t;
 
 /* -------------------------------------------------------------- prototypes */

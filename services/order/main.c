@@ -11,7 +11,8 @@
  * Keys: [order_svc] address, port, inventory_address, payment_address,
  * stock_timeout, payment_timeout, recovery_age, relay_poll_interval,
  * relay_batch; [postgres] for the pool; [kafka] for the producer
- * (docs/CONFIG.md).  SIGTERM: the relay and the recovery sweep stop, calls
+ * (docs/CONFIG.md).  --check-config also applies the rules start-up does:
+ * numeric inventory/payment addresses, recovery_age above the longest saga.  SIGTERM: the relay and the recovery sweep stop, calls
  * in flight finish within [service] shutdown_grace, exit 0.  Outbox rows
  * whose acknowledgement had not been recorded are sent again by the next
  * start (at least once).
@@ -31,18 +32,9 @@ static void on_shutdown(svc_t *svc, void *arg)
     order_svc_stop(arg);
 }
 
-int main(int argc, char **argv)
+static void options_from_config(const config_t *c, order_options_t *o)
 {
-    svc_options_t so = {.name = "order-svc",
-                        .listen_address = CONFIG_ORDER_SVC_ADDRESS,
-                        .listen_port = CONFIG_ORDER_SVC_PORT,
-                        .needs = SVC_NEED_PG};
-    svc_t *svc;
-    int rc = svc_create(&so, argc, argv, &svc);
-    if (svc == NULL)
-        return rc;
-    const config_t *c = svc_config(svc);
-    order_options_t o = {
+    *o = (order_options_t){
         .inventory_address = config_str(c, CONFIG_ORDER_SVC_INVENTORY),
         .payment_address = config_str(c, CONFIG_ORDER_SVC_PAYMENT),
         .stock_timeout_ms = (uint32_t)config_int(c, CONFIG_ORDER_SVC_STOCK_TIMEOUT),
@@ -52,17 +44,48 @@ int main(int argc, char **argv)
         .relay_batch = (uint32_t)config_int(c, CONFIG_ORDER_SVC_RELAY_BATCH),
         .topic = config_str(c, CONFIG_KAFKA_TOPIC),
     };
+}
+
+/* The rules --check-config and start-up apply beyond each key's range. */
+static int check_config(const config_t *c, char *err, size_t errlen)
+{
+    order_options_t o;
+    options_from_config(c, &o);
+    static const config_id_t addrs[] = {CONFIG_ORDER_SVC_INVENTORY, CONFIG_ORDER_SVC_PAYMENT};
+    for (size_t i = 0; i < sizeof addrs / sizeof addrs[0]; i++)
+        if (order_address_check(config_str(c, addrs[i])) != 0) {
+            snprintf(err, errlen, "%s: [order_svc] %s = %s: want numeric-host:port, e.g. 127.0.0.1:9092",
+                     config_origin(c, addrs[i]), config_key(addrs[i]), config_str(c, addrs[i]));
+            return -1;
+        }
     /* The sweep must never resume a saga that is still running: a saga
      * takes at most CheckStock + ReduceStock + 3 RestoreStock + payment. */
     uint64_t longest = 5ull * o.stock_timeout_ms + o.payment_timeout_ms;
     if (o.recovery_age_ms <= longest) {
-        fprintf(stderr,
-                "order-svc: [order_svc] recovery_age = %u: must exceed the longest saga, "
-                "5 x stock_timeout + payment_timeout = %llu ms\n",
-                o.recovery_age_ms, (unsigned long long)longest);
-        svc_free(svc);
-        return SVC_EXIT_CONFIG;
+        snprintf(err, errlen,
+                 "%s: [order_svc] recovery_age = %u: must exceed the longest saga, "
+                 "5 x stock_timeout + payment_timeout = %llu ms",
+                 config_origin(c, CONFIG_ORDER_SVC_RECOVERY_AGE), o.recovery_age_ms,
+                 (unsigned long long)longest);
+        return -1;
     }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    svc_options_t so = {.name = "order-svc",
+                        .listen_address = CONFIG_ORDER_SVC_ADDRESS,
+                        .listen_port = CONFIG_ORDER_SVC_PORT,
+                        .needs = SVC_NEED_PG,
+                        .check = check_config};
+    svc_t *svc;
+    int rc = svc_create(&so, argc, argv, &svc);
+    if (svc == NULL)
+        return rc;
+    const config_t *c = svc_config(svc);
+    order_options_t o;
+    options_from_config(c, &o);
     kafka_options_t ko;
     kafka_options_default(&ko);
     kafka_options_from_config(&ko, c);

@@ -31,6 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <openssl/evp.h>
 
 #include "order.h"
@@ -121,6 +124,18 @@ static int order__addr(const char *addr, char *host, size_t cap, uint16_t *port)
     memcpy(host, h, hl);
     host[hl] = '\0';
     *port = (uint16_t)p;
+    return 0;
+}
+
+int order_address_check(const char *addr)
+{
+    char host[128];
+    uint16_t port;
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (addr == NULL || order__addr(addr, host, sizeof host, &port) != 0)
+        return -EINVAL;
+    if (inet_pton(AF_INET, host, bin) != 1 && inet_pton(AF_INET6, host, bin) != 1)
+        return -EINVAL;
     return 0;
 }
 

@@ -61,6 +61,10 @@ typedef struct st_order_options_t {
     const char *topic;              /* Kafka topic of order events */
 } order_options_t;
 
+/* 0 when addr is "numeric-host:port" (IPv4, or IPv6 in brackets) as the
+ * gRPC channels need it, else -EINVAL. */
+int order_address_check(const char *addr);
+
 /* Creates the service on loop with its two gRPC channels.  pool and kafka
  * stay the caller's and must outlive it; kafka may be NULL (no relay).
  * Errors: -EINVAL (bad address; err says which), -ENOMEM. */

@@ -55,8 +55,10 @@
  * traceparent sent to the processor), "UPDATE payments" (the outcome); a
  * replay shows "SELECT payments" instead of the POST.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -470,10 +472,24 @@ static void pay_process(grpc_server_call_t *call, const ProtobufCMessage *msg, v
 
 static const grpc_server_handler_cb pay_handlers[] = {pay_process};
 
+/* --check-config and start-up: the processor's address must be numeric
+ * (core/http1_client does no DNS on the loop). */
+static int pay_check_config(const config_t *c, char *err, size_t errlen)
+{
+    const char *a = config_str(c, CONFIG_PAYMENT_SVC_PROCESSOR_ADDRESS);
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, a, bin) == 1 || inet_pton(AF_INET6, a, bin) == 1)
+        return 0;
+    snprintf(err, errlen, "%s: [payment_svc] processor_address = %s: want a numeric IPv4 or IPv6 address",
+             config_origin(c, CONFIG_PAYMENT_SVC_PROCESSOR_ADDRESS), a);
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     svc_options_t o = {.name = "payment-svc", .listen_address = CONFIG_PAYMENT_SVC_ADDRESS,
-                       .listen_port = CONFIG_PAYMENT_SVC_PORT, .needs = SVC_NEED_PG};
+                       .listen_port = CONFIG_PAYMENT_SVC_PORT, .needs = SVC_NEED_PG,
+                       .check = pay_check_config};
     svc_t *svc;
     int rc = svc_create(&o, argc, argv, &svc);
     if (svc == NULL)

@@ -18,10 +18,13 @@
  * none for a failed one, every completed order has its outbox event, no
  * reduction without a completed order or a restore, no order left pending.
  */
+#include <stdarg.h>
+
 #include <librdkafka/rdkafka.h>
 
 #include "order_test.h"
 #include "ring.h"
+#include "shop_proto.h"
 
 /* ------------------------------------------------------------ Kafka */
 
@@ -143,6 +146,81 @@ static const span_t *span_find(const uint8_t trace[16], const uint8_t *parent, c
             return s;
     }
     return NULL;
+}
+
+/* ------------------------------------------------------------ health, commands */
+
+typedef struct {
+    int done, result;
+} health_t;
+
+static void on_health(const grpc_result_t *r, void *arg)
+{
+    health_t *h = arg;
+    h->done = 1;
+    h->result = -(int)r->status;
+    if (r->status == GRPC_STATUS_OK) {
+        Grpc__Health__V1__HealthCheckResponse *m =
+            grpc__health__v1__health_check_response__unpack(NULL, r->response_len, r->response);
+        h->result = m ? (int)m->status : -100;
+        if (m)
+            grpc__health__v1__health_check_response__free_unpacked(m, NULL);
+    }
+    if (--g_pending == 0)
+        loop_stop(g_loop);
+}
+
+/* grpc.health.v1.Health/Check on 127.0.0.1:port: the ServingStatus (1 =
+ * SERVING), or minus the gRPC status of a failed call. */
+static int health(uint16_t port, const char *service)
+{
+    grpc_channel_t *ch;
+    char err[256];
+    if (grpc_channel_new(g_loop, "127.0.0.1", port, NULL, &ch, err, sizeof err) != 0)
+        return -1000;
+    Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    q.service = (char *)(uintptr_t)service;
+    uint8_t buf[256];
+    size_t n = grpc__health__v1__health_check_request__pack(&q, buf);
+    health_t h = {0, -1000};
+    g_pending++;
+    if (grpc_call_unary(ch, "/grpc.health.v1.Health/Check", buf, n, false, 5000 * MS, NULL, 0, on_health, &h) != 0)
+        g_pending--;
+    run_pending(6000);
+    grpc_channel_free(ch);
+    return h.result;
+}
+
+/* Runs a shell command, its stdout and stderr into out; returns its exit status. */
+__attribute__((format(printf, 3, 4))) static int run_out(char *out, size_t cap, const char *fmt, ...)
+{
+    char cmd[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[1300];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    out[0] = '\0';
+    FILE *f = popen(full, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int n = 0, ch;
+    if (!f)
+        return -1;
+    while ((ch = fgetc(f)) != EOF)
+        n += ch == '\n';
+    fclose(f);
+    return n;
 }
 
 /* ------------------------------------------------------------ main */
@@ -277,6 +355,7 @@ int main(int argc, char **argv)
             "recovery_age = 7000\nrelay_poll_interval = 50\nrelay_batch = 50\n"
             "[service]\nshutdown_grace = 2000\n",
             g_ring, host, port, p_mock.line, inv_port, pay_port, inv_port, pay_port);
+    long cfg_len = ftell(c);
     fclose(c);
 
     /* The ring first, so this process consumes what every service writes. */
@@ -305,6 +384,50 @@ int main(int argc, char **argv)
     }
     if (!tap_check(consumer_open(p_mock.line) == 0, "Kafka consumer on order-events"))
         return tap_done();
+
+    /* 0. Health and --check-config of the services the saga calls. */
+    const proc_t *hs[] = {&p_inv, &p_pay, &p_ord};
+    const char *hnames[] = {"shop.v1.InventoryService", "shop.v1.PaymentService", "shop.v1.OrderService"};
+    for (int i = 0; i < 3; i++) {
+        int whole = health(hs[i]->port, ""), own = health(hs[i]->port, hnames[i]),
+            other = health(hs[i]->port, "shop.v1.NoSuchService");
+        tap_check(whole == 1 && own == 1 && other == -GRPC_STATUS_NOT_FOUND,
+                  "%s grpc.health.v1.Health/Check: SERVING for \"\" and %s, NOT_FOUND for an unknown "
+                  "service (%d %d %d)", hs[i]->name, hnames[i], whole, own, other);
+    }
+    char out[512];
+    tap_check(run_out(out, sizeof out, "'%s' --config '%s' --check-config", p_pay.exe, g_cfg) == 0 &&
+                  strcmp(out, "ok\n") == 0,
+              "payment-svc --check-config on the test config: ok, exit 0");
+    tap_check(run_out(out, sizeof out, "'%s' --config '%s' --check-config", p_ord.exe, g_cfg) == 0 &&
+                  strcmp(out, "ok\n") == 0,
+              "order-svc --check-config on the test config: ok, exit 0");
+    int rc = run_out(out, sizeof out, "SHOP_ORDER_SVC_RECOVERY_AGE=2000 '%s' --config '%s' --check-config",
+                     p_ord.exe, g_cfg);
+    tap_check(rc == 2 && strstr(out, "environment SHOP_ORDER_SVC_RECOVERY_AGE") &&
+                  strstr(out, "[order_svc] recovery_age = 2000"),
+              "order-svc --check-config: recovery_age below the longest saga -> exit 2 naming the variable "
+              "and key (%d: %s)", rc, out);
+    rc = run_out(out, sizeof out, "SHOP_ORDER_SVC_PORT=abc '%s' --config '%s' --check-config", p_ord.exe, g_cfg);
+    tap_check(rc == 2 && strstr(out, "SHOP_ORDER_SVC_PORT") && strstr(out, "port"),
+              "order-svc --check-config: a bad environment value -> exit 2 naming it (%s)", out);
+    FILE *bad = fopen(g_cfg, "a");
+    if (bad) {
+        fprintf(bad, "[order_svc]\ninventory_address = inventory.local:9092\n"
+                     "[payment_svc]\nprocessor_address = sim.local\n");
+        fclose(bad);
+    }
+    char badline[64];
+    snprintf(badline, sizeof badline, "shop.conf:%d:", count_lines(g_cfg) - 2);
+    rc = run_out(out, sizeof out, "'%s' --config '%s' --check-config", p_ord.exe, g_cfg);
+    tap_check(rc == 2 && strstr(out, badline) && strstr(out, "[order_svc] inventory_address = inventory.local:9092"),
+              "order-svc --check-config: a host name for inventory_address -> exit 2, %s key named (%s)",
+              badline, out);
+    rc = run_out(out, sizeof out, "'%s' --config '%s' --check-config", p_pay.exe, g_cfg);
+    tap_check(rc == 2 && strstr(out, "[payment_svc] processor_address = sim.local"),
+              "payment-svc --check-config: a host name for processor_address -> exit 2 naming the key (%s)", out);
+    if (truncate(g_cfg, cfg_len) != 0)
+        tap_diag("truncate %s failed", g_cfg);
 
     /* 1. Validation. */
     res_t r = create("user1", "tp-main", 0, 1000, NULL);
