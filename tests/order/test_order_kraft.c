@@ -663,7 +663,7 @@ int main(int argc, char **argv)
      * order.completed, in outbox order, on the same partition. */
     for (int i = 0; i < N_LATER; i++)
         for (int k = 1; k <= 3; k++) {
-            char q[600];
+            char q[1024];
             snprintf(q, sizeof q,
                      "INSERT INTO outbox (aggregate_id, event_type, key, payload, traceparent) VALUES "
                      "('%s', 'test.step%d', '%s', jsonb_build_object('event_id', '%s:test.step%d', 'type', "
