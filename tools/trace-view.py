@@ -7,14 +7,17 @@
       /trace/<id>, or `last` for the most recent trace of --service (gateway).
   trace-view.py --url URL last --service order-svc
 
-One line per span, children indented under their parent (CHILD_OF reference):
+One line per span, children indented under their parent (the CHILD_OF reference;
+  without one, a FOLLOWS_FROM reference to a span of the same trace, as Jaeger's
+  UI nests it: Jaeger folds an OTLP parent that is also a link into one
+  FOLLOWS_FROM reference, which is how the outbox relay's PRODUCER span
+  `send order-events` arrives, under the order's CreateOrder SERVER span):
   tree, service, span name, kind, offset from the trace's start, duration, a
   bar on the trace's time line, status (OK / ERROR / unset as -), and the key
   attributes (HTTP route and status, rpc method and gRPC status code, database
   system/operation/table, messaging destination and key, error.type, order id).
-Afterwards: spans of other traces that link to this one (the outbox relay's
-`send order-events` PRODUCER span starts a trace of its own, linked to the
-order's trace), found among the recent traces of this trace's services.
+Afterwards: spans of other traces that link to this one, found among the
+recent traces of this trace's services.
 
 Python 3 standard library only: it is part of the operator tooling (./shop trace).
 Exit status: 0 printed, 1 Jaeger unreachable or answered nonsense, 2 bad usage
@@ -187,6 +190,11 @@ def render(trace, out, width, style, linked):
             if r.get('refType') == 'CHILD_OF' and r.get('traceID', tid) == tid and r.get('spanID') in by_id:
                 parent = r['spanID']
                 break
+        if parent is None:
+            for r in s.get('references') or []:
+                if r.get('refType') == 'FOLLOWS_FROM' and r.get('traceID', tid) == tid and r.get('spanID') in by_id:
+                    parent = r['spanID']
+                    break
         if parent is None:
             roots.append(s)
         else:
