@@ -694,8 +694,26 @@ int main(int argc, char **argv)
                   "PRODUCER span's id)", want);
     }
 
-    /* 14. Graceful stop. */
-    tap_check(proc_stop(&p_ord, SIGTERM) == 0, "order-svc exits 0 on SIGTERM");
+    /* 14. Graceful stop with a CreateOrder in flight: payment-svc is
+     * stopped (SIGSTOP), so the saga waits in ProcessPayment when SIGTERM
+     * reaches order-svc; payment-svc resumes within [service]
+     * shutdown_grace, the saga completes and is answered, then order-svc
+     * exits 0. */
+    kill(p_pay.pid, SIGSTOP);
+    res_t inflight;
+    start_create("user9", "tp-main", 1, 500, NULL, NULL, &inflight);
+    run_pending(400); /* returns at the timeout: the call is parked in ProcessPayment */
+    long long pending_now = sql_int("SELECT count(*) FROM orders WHERE user_id = 'user9' AND status = 'pending'");
+    kill(p_ord.pid, SIGTERM);
+    usleep(300000);
+    kill(p_pay.pid, SIGCONT);
+    run_pending(10000);
+    tap_check(pending_now == 1 && inflight.done && inflight.status == GRPC_STATUS_OK &&
+                  inflight.ostatus == SHOP__V1__ORDER_STATUS__ORDER_STATUS_COMPLETED,
+              "SIGTERM with a CreateOrder in flight (order pending in ProcessPayment): answered OK, completed "
+              "(%s %s)", grpc_status_name(inflight.status), inflight.message);
+    tap_check(proc_stop(&p_ord, 0) == 0, "order-svc then exits 0");
+    check_invariants("graceful stop");
     rd_kafka_consumer_close(g_cons);
     rd_kafka_destroy(g_cons);
     grpc_channel_free(g_ch);

@@ -753,6 +753,23 @@ int main(int argc, char **argv)
     check_producer_span("order placed with the broker down", traces[N_FIRST + N_DOWN - 1], down[N_DOWN - 1].id,
                         rd ? rd->tp : "");
 
+    /* Every service of the stack reports under its own service.name. */
+    json_t *sv = http_json("/api/services");
+    char names[512] = "";
+    int have = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(sv, "data"), i, v)
+    {
+        const char *nm = json_string_value(v);
+        if (!nm)
+            continue;
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", names[0] ? " " : "", nm);
+        have += strcmp(nm, "order-svc") == 0 || strcmp(nm, "inventory-svc") == 0 || strcmp(nm, "payment-svc") == 0;
+    }
+    json_decref(sv);
+    tap_check(have == 3, "Jaeger's services include order-svc, inventory-svc and payment-svc (%s)", names);
+
     /* 5. Shutdown. */
     tap_check(proc_stop(&p_ord, SIGTERM) == 0, "order-svc exits 0 on SIGTERM");
     tap_check(kraft("stop") == 0, "broker stopped");

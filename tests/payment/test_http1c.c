@@ -454,6 +454,70 @@ static void test_rates(const char *sim_path)
     pt_stop(&sim);
 }
 
+/* latency_ms and jitter_ms from the configuration: 10 charges at once
+ * each take latency_ms plus 0..jitter_ms, drawn per order id. */
+typedef struct {
+    int left;
+    uint64_t t0, took[10];
+} lat_t;
+
+typedef struct {
+    lat_t *l;
+    int i;
+} lat_req_t;
+
+static void on_lat(int err, const http1c_response_t *res, void *arg)
+{
+    lat_req_t *q = arg;
+    q->l->left--;
+    q->l->took[q->i] = !err && res->status == 200 ? loop_now_ns() - q->l->t0 : 0;
+}
+
+static bool lat_done(void *arg) { return ((lat_t *)arg)->left == 0; }
+
+static void test_latency(const char *sim_path)
+{
+    const char *argv[] = {sim_path, "--config", "/dev/null", "--port", "0", NULL};
+    const char *env[] = {"SHOP_PAYMENT_SIM_LATENCY_MS=150", "SHOP_PAYMENT_SIM_JITTER_MS=100",
+                         "SHOP_PAYMENT_SIM_DECLINE_RATE=0", "SHOP_PAYMENT_SIM_ERROR_RATE=0",
+                         "SHOP_PAYMENT_SIM_HANG_RATE=0", NULL};
+    pt_child_t sim;
+    if (pt_spawn(&sim, argv, env, "/dev/null") != 0) {
+        tap_check(0, "latency: simulator starts");
+        pt_stop(&sim);
+        return;
+    }
+    http1c_client_t *c;
+    http1c_opts_t o = {.max_conns = 16};
+    http1c_client_new(g_loop, "127.0.0.1", (uint16_t)sim.port, &o, &c);
+    static lat_t l;
+    static lat_req_t q[10];
+    l.left = 10;
+    l.t0 = loop_now_ns();
+    for (int i = 0; i < 10; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"order_id\":\"lat-%d\",\"amount_cents\":100,\"currency\":\"EUR\"}", i);
+        q[i] = (lat_req_t){&l, i};
+        http1c_request_t rq = {.method = "POST", .path = "/v1/charges", .body = body,
+                               .body_len = strlen(body), .timeout_ms = 3000};
+        if (http1c_request(c, &rq, on_lat, &q[i]) != 0)
+            l.left--;
+    }
+    dbt_run_until(g_loop, lat_done, &l, 10000);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < 10; i++) {
+        lo = l.took[i] < lo ? l.took[i] : lo;
+        hi = l.took[i] > hi ? l.took[i] : hi;
+    }
+    tap_check(lo >= 150000000ull && hi < 1000000000ull,
+              "latency_ms 150, jitter_ms 100: 10 concurrent charges approved in %.0f..%.0f ms (>= 150)",
+              (double)lo / 1e6, (double)hi / 1e6);
+    tap_check(hi - lo >= 10000000ull, "jitter drawn per order id: the 10 charges spread over %.0f ms",
+              (double)(hi - lo) / 1e6);
+    http1c_client_free(c);
+    pt_stop(&sim);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -467,6 +531,7 @@ int main(int argc, char **argv)
     test_raw();
     test_sim(argv[1]);
     test_rates(argv[1]);
+    test_latency(argv[1]);
     loop_destroy(g_loop);
     trace_shutdown();
     return tap_done();
