@@ -37,7 +37,13 @@
  *     send, messaging.kafka.message.key = the order id, a partition and an
  *     offset; its span id is the parent-id of the record's traceparent
  *     header.  The same for an order placed while the broker was down.
- *  5. order-svc exits 0 on SIGTERM; the broker stops.
+ *  5. An outage longer than the producer's delivery timeout (order-svc
+ *     restarted with [kafka] delivery_timeout = 1500 ms): 4 orders
+ *     complete; their messages time out (rows unsent, attempts >= 2,
+ *     last_error _MSG_TIMED_OUT) and the relay holds their later rows back;
+ *     after the restart every row goes out, each event once, an order's
+ *     events in outbox order on one partition.
+ *  6. order-svc exits 0 on SIGTERM; the broker stops.
  */
 #include <jansson.h>
 
@@ -47,6 +53,8 @@
 #define N_FIRST 8
 #define N_DOWN 6
 #define N_LATER 3 /* of the N_DOWN orders get 3 more outbox rows each */
+#define N_LONG 4  /* orders during an outage longer than the delivery timeout */
+#define N_LONG_LATER 2 /* of them get 2 more outbox rows each */
 #define D(s) ((s) ? (s) : "-")
 
 static const char *g_harness, *g_kraft;
@@ -593,9 +601,9 @@ int main(int argc, char **argv)
     }
 
     /* 1. Orders with the broker up. */
-    static char tps[N_FIRST + N_DOWN][128], traces[N_FIRST + N_DOWN][40];
+    static char tps[N_FIRST + N_DOWN + N_LONG][128], traces[N_FIRST + N_DOWN + N_LONG][40];
     res_t first[N_FIRST];
-    for (int i = 0; i < N_FIRST + N_DOWN; i++) {
+    for (int i = 0; i < N_FIRST + N_DOWN + N_LONG; i++) {
         uint8_t tid[16], sid[8];
         trace_id_new(tid);
         trace_id_new_span(sid);
@@ -757,9 +765,9 @@ int main(int argc, char **argv)
     json_t *sv = http_json("/api/services");
     char names[512] = "";
     int have = 0;
-    size_t i;
+    size_t ix;
     json_t *v;
-    json_array_foreach(json_object_get(sv, "data"), i, v)
+    json_array_foreach(json_object_get(sv, "data"), ix, v)
     {
         const char *nm = json_string_value(v);
         if (!nm)
@@ -770,9 +778,102 @@ int main(int argc, char **argv)
     json_decref(sv);
     tap_check(have == 3, "Jaeger's services include order-svc, inventory-svc and payment-svc (%s)", names);
 
-    /* 5. Shutdown. */
+    /* 5. An outage longer than the producer's delivery timeout: the
+     * messages fail (_MSG_TIMED_OUT), their rows stay unsent with attempts
+     * and last_error, the relay produces them again, and after the broker
+     * is back each event is there once and an order's events in order. */
+    krc = proc_stop(&p_ord, SIGTERM);
+    tap_check(krc == 0, "order-svc exits 0 on SIGTERM (%d)", krc);
+    grpc_channel_free(g_ch);
+    g_ch = NULL;
+    setenv("SHOP_KAFKA_DELIVERY_TIMEOUT", "1500", 1);
+    if (!tap_check(proc_start(&p_ord, cfg_args(), "listening on") == 0 &&
+                       grpc_channel_new(g_loop, "127.0.0.1", p_ord.port, NULL, &g_ch, err, sizeof err) == 0,
+                   "order-svc again with [kafka] delivery_timeout = 1500 ms: %s", p_ord.line))
+        return tap_done();
+    krc = kraft("stop");
+    tap_check(krc == 0, "broker stopped again");
+    res_t lng[N_LONG];
+    for (int i = 0; i < N_LONG; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "user%d", 50 + i);
+        start_create(u, "tk-down", 2, 1400, NULL, tps[N_FIRST + N_DOWN + i], &lng[i]);
+    }
+    run_pending(30000);
+    ok = 0;
+    for (int i = 0; i < N_LONG; i++)
+        ok += lng[i].status == GRPC_STATUS_OK && lng[i].ostatus == SHOP__V1__ORDER_STATUS__ORDER_STATUS_COMPLETED;
+    tap_check(ok == N_LONG, "long outage: %d/%d orders complete", ok, N_LONG);
+    for (int i = 0; i < N_LONG_LATER; i++)
+        for (int k = 1; k <= 2; k++) {
+            char q[1024];
+            snprintf(q, sizeof q,
+                     "INSERT INTO outbox (aggregate_id, event_type, key, payload, traceparent) VALUES "
+                     "('%s', 'test.step%d', '%s', jsonb_build_object('event_id', '%s:test.step%d', 'type', "
+                     "'test.step%d', 'order_id', '%s', 'seq', %d), '%s')",
+                     lng[i].id, k, lng[i].id, lng[i].id, k, k, lng[i].id, k, tps[N_FIRST + N_DOWN + i]);
+            sql_exec(q);
+        }
+    int nlong = N_LONG + 2 * N_LONG_LATER;
+    uint64_t until = loop_now_ns() + 20000 * MS;
+    long long timed_out = 0;
+    while (loop_now_ns() < until &&
+           (timed_out = sql_int("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND attempts >= 2 AND "
+                                "last_error LIKE '%MSG_TIMED_OUT%'")) < N_LONG)
+        usleep(200000);
+    tap_check(timed_out >= N_LONG,
+              "long outage: the order.completed messages timed out, twice each (attempts >= 2, last_error "
+              "_MSG_TIMED_OUT; %lld rows)", timed_out);
+    tap_check(sql_int("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == nlong &&
+                  sql_int("SELECT count(*) FROM outbox WHERE event_type LIKE 'test.%' AND sent_at IS NULL "
+                          "AND attempts > 0") == 0,
+              "long outage: all %d rows unsent; the later rows of an order not produced while its first fails",
+              nlong);
+    check_invariants("long outage");
+    t0 = loop_now_ns();
+    krc = kraft("restart");
+    tap_check(krc == 0, "broker restarted (%.1f s)", (double)(loop_now_ns() - t0) / 1e9);
+    t0 = loop_now_ns();
+    krc = wait_unsent(0, 60000);
+    tap_check(krc == 0, "broker back: every row sent and marked (%.1f s)", (double)(loop_now_ns() - t0) / 1e9);
+    total += nlong;
+    n = consume_all(total);
+    tap_check(n == total, "console consumer reads %d records in all (want %d)", n, total);
+    dup = 0;
+    for (int a = 0; a < g_nrec; a++)
+        for (int b = a + 1; b < g_nrec; b++) {
+            json_t *ja = json_loads(g_rec[a].value, 0, NULL), *jb = json_loads(g_rec[b].value, 0, NULL);
+            dup += strcmp(js(ja, "event_id"), js(jb, "event_id")) == 0;
+            json_decref(ja);
+            json_decref(jb);
+        }
+    tap_check(dup == 0, "after the long outage too, no event_id appears twice (%d)", dup);
+    in_order = 0;
+    for (int i = 0; i < N_LONG; i++) {
+        int want = i < N_LONG_LATER ? 3 : 1, ns = 0, part = -1, good = 1;
+        long long last = -1;
+        static const char *const wt[] = {"order.completed", "test.step1", "test.step2"};
+        /* g_rec is in the consumer's order: within a partition, by offset. */
+        for (int k = 0; k < g_nrec; k++)
+            if (strcmp(g_rec[k].key, lng[i].id) == 0) {
+                json_t *j = json_loads(g_rec[k].value, 0, NULL);
+                good &= ns < want && (part < 0 || g_rec[k].partition == part) && g_rec[k].offset > last &&
+                        strcmp(js(j, "type"), wt[ns < 3 ? ns : 2]) == 0;
+                json_decref(j);
+                part = g_rec[k].partition;
+                last = g_rec[k].offset;
+                ns++;
+            }
+        in_order += good && ns == want;
+    }
+    tap_check(in_order == N_LONG, "long outage: every order's events once, in outbox order, one partition (%d/%d)",
+              in_order, N_LONG);
+    check_invariants("after the long outage");
+
+    /* 6. Shutdown. */
     tap_check(proc_stop(&p_ord, SIGTERM) == 0, "order-svc exits 0 on SIGTERM");
     tap_check(kraft("stop") == 0, "broker stopped");
+    unsetenv("SHOP_KAFKA_DELIVERY_TIMEOUT");
     grpc_channel_free(g_ch);
     loop_destroy(g_loop);
     return tap_done();
