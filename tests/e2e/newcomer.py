@@ -6,7 +6,7 @@
 curl), every demo trace read back from Jaeger's query API and checked for the
 design brief's shape (gateway SERVER -> user-svc and order-svc -> inventory,
 payment, PostgreSQL, Redis, the processor's HTTP CLIENT span, the outbox
-relay's Kafka PRODUCER span linked to the order's trace; error status on the
+relay's Kafka PRODUCER span under the order's CreateOrder; error status on the
 right spans of the failed orders), `./shop status` (each process's ring
 counters), `./shop trace` on a trace (a waterfall naming every service),
 `./shop down`: nothing left running, no port left bound, and `./shop trace`
@@ -207,16 +207,16 @@ def shape_checks(t, outcome, http_status, order_id):
     return ck
 
 
-def linked_producer(base_ui, order_trace_id, order_id):
-    """The outbox relay's `send order-events` PRODUCER span linked to the order's trace, or None."""
-    st, doc = get_json(f'http://127.0.0.1:{base_ui}/api/traces?service=order-svc&operation=send%20order-events'
-                       '&limit=200&lookback=1h', timeout=10)
-    for tr in (doc or {}).get('data') or []:
-        for s in tr['spans']:
-            if any(r.get('traceID') == order_trace_id for r in s.get('references') or []):
-                tags = {t['key']: t.get('value') for t in s.get('tags') or []}
-                if tags.get('messaging.kafka.message.key') == order_id:
-                    return tags
+def producer_span(doc, order_trace_id):
+    """The outbox relay's `send order-events` PRODUCER span in the order's trace, as
+    (tags, referenced span ids), or None.  It is a child of order-svc's CreateOrder SERVER
+    span and linked to it; Jaeger folds that parent and link into one FOLLOWS_FROM reference."""
+    for s in doc['spans']:
+        if s['operationName'] != 'send order-events':
+            continue
+        tags = {t['key']: t.get('value') for t in s.get('tags') or []}
+        refs = {r.get('spanID') for r in s.get('references') or [] if r.get('traceID') == order_trace_id}
+        return tags, refs
     return None
 
 
@@ -337,18 +337,27 @@ def run(base, ui, gw, state):
         if o['outcome'] != 'completed':
             continue
         deadline = time.monotonic() + 45
-        tags = None
-        while tags is None and time.monotonic() < deadline:
-            tags = linked_producer(ui, o['trace'], o['order'])
-            if tags is None:
+        found = server_id = None
+        while found is None and time.monotonic() < deadline:
+            st, doc = get_json(f'http://127.0.0.1:{ui}/api/traces/{o["trace"]}')
+            if st == 200 and doc and doc.get('data'):
+                t = Trace(doc['data'][0])
+                srv = t.one('order-svc', 'shop.v1.OrderService/CreateOrder', 'server')
+                server_id = srv['id'] if srv else None
+                found = producer_span(doc['data'][0], o['trace'])
+            if found is None:
                 time.sleep(0.5)
-        tap(tags is not None and tags.get('span.kind') == 'producer' and tags.get('messaging.system') == 'kafka'
-            and tags.get('messaging.destination.name') == 'order-events' and tags.get('messaging.operation.type') == 'send',
-            f'order {o["n"]}: the outbox relay\'s PRODUCER span "send order-events" (key {o["order"]}) links to its trace', tags)
+        tags, refs = found if found else ({}, set())
+        tap(found is not None and tags.get('span.kind') == 'producer' and tags.get('messaging.system') == 'kafka'
+            and tags.get('messaging.destination.name') == 'order-events' and tags.get('messaging.operation.type') == 'send'
+            and tags.get('messaging.kafka.message.key') == o['order'] and server_id in refs,
+            f'order {o["n"]}: the outbox relay\'s PRODUCER span "send order-events" (key {o["order"]}) is in the '
+            'order\'s trace, under order-svc\'s CreateOrder SERVER span', (tags, refs, server_id))
     for o in orders:
         if o['outcome'] in ('stock', 'payment'):
-            tap(linked_producer(ui, o['trace'], o['order'] or '-') is None,
-                f'order {o["n"]} ({o["outcome"]}): no Kafka event for a failed order')
+            st, doc = get_json(f'http://127.0.0.1:{ui}/api/traces/{o["trace"]}')
+            tap(st == 200 and doc and doc.get('data') and producer_span(doc['data'][0], o['trace']) is None,
+                f'order {o["n"]} ({o["outcome"]}): no Kafka event (no PRODUCER span) for a failed order')
 
     # ./shop status: each process, its ring counters.
     rc, out, err = shop('status')
