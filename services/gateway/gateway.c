@@ -283,6 +283,7 @@ out_loop:
     loop_destroy(gw->loop);
 out_trace:
     trace_shutdown();
+    gw_req_free_all(gw);
     gw_limiter_free(&gw->rl_user);
     gw_limiter_free(&gw->rl_addr);
     config_free(gw->cfg);

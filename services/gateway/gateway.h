@@ -35,6 +35,7 @@
 #define GW_INBUF_SLACK 4096u /* connection buffer = max head + max body + this */
 #define GW_NCODES 21u        /* statuses counted in /metrics (gw_codes[], gw_metrics.c) */
 #define GW_NBUCKETS 12u      /* latency histogram bounds (gw_buckets_ms[], gw_metrics.c) */
+#define GW_REQ_FREE_MAX 256u /* requests kept for reuse (gw_t.req_free) */
 
 /* X(id, method, route template) - the span name is "{method} {route}"
  * (the method column documents the route; gw_route.c's matcher decides). */
@@ -103,6 +104,8 @@ struct st_gw_conn_t {
 /* One request: lives from its head parsed to its response written (or its
  * connection gone while an upstream call was out: conn == NULL then). */
 struct st_gw_req_t {
+    gw_t *gw;
+    gw_req_t *next_free; /* link of gw->req_free while kept for reuse */
     gw_conn_t *conn;
     gw_route_t route;
     uint64_t t0;
@@ -132,6 +135,9 @@ struct st_gw_t {
     gw_conn_t *conn_list; /* for shutdown: idle connections close at once */
     bool stopping;
     bool health_upstreams; /* /api/health asks user-svc and order-svc */
+    gw_req_t *req_free;    /* finished requests kept for reuse (each ~4.5 KiB: a
+                            * span buffer), linked by next_free; req_free_n <= GW_REQ_FREE_MAX */
+    unsigned req_free_n;
     /* metrics (gw_metrics.c) */
     uint64_t req_count[GW_R__COUNT][GW_NCODES];
     uint64_t lat[GW_R__COUNT][GW_NBUCKETS + 1];
@@ -185,6 +191,8 @@ void gw_route_handle(gw_conn_t *c, const http1c_head_t *h, const http1c_header_t
  * it; then resumes parsing the connection's pipelined requests. */
 void gw_req_finish(gw_req_t *r, int status, const char *ctype, const char *body, size_t blen,
                    const char *extra);
+/* Frees the requests kept for reuse (at exit). */
+void gw_req_free_all(gw_t *gw);
 /* gw_req_finish with {"error": msg}. */
 void gw_req_error(gw_req_t *r, int status, const char *msg);
 /* gw_req_finish with o encoded (o is consumed); amount_member non-NULL
@@ -227,5 +235,9 @@ const char *gw_json_member_raw(const char *body, size_t len, const char *key, si
 int gw_parse_cents(const char *s, size_t n, int64_t *out, const char **why);
 /* {"error": msg}, escaped; *len its length.  The caller frees. */
 char *gw_error_json(const char *msg, size_t *len);
+/* Writes s (NUL-terminated) as a JSON string, quotes included, escaping
+ * '"', '\\' and control characters as jansson does.  out must hold
+ * 6 * strlen(s) + 2 bytes.  Returns the bytes written (no NUL). */
+size_t gw_json_put_str(char *out, const char *s);
 
 #endif

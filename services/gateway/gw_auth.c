@@ -13,6 +13,35 @@
 
 #include "gateway.h"
 
+/* Verified tokens, so a client's every request does not pay the base64,
+ * JSON and HMAC of a full verification (about a fifth of the gateway's CPU
+ * per request on GET /api/orders/{id}): direct-mapped on a hash of the
+ * token, an entry holding the whole token text (a hit is a byte-for-byte
+ * match with a token verified with this process's key, never a hash match
+ * alone), its exp and sub.  exp is checked on every hit.  Tokens longer
+ * than GW_AUTH_TOK_MAX are verified every time.  One loop thread: no lock. */
+#define GW_AUTH_SLOTS 256u
+#define GW_AUTH_TOK_MAX 480u
+
+typedef struct {
+    uint16_t len;                 /* token bytes; 0 = empty slot */
+    long long exp;                /* unix seconds */
+    char sub[GW_ID_MAX + 1];
+    char tok[GW_AUTH_TOK_MAX];
+} gw_auth_entry_t;
+
+static gw_auth_entry_t gw_auth_cache[GW_AUTH_SLOTS];
+
+static gw_auth_entry_t *gw_auth__slot(const char *tok, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)tok[i];
+        h *= 1099511628211ull;
+    }
+    return &gw_auth_cache[(h ^ (h >> 32)) & (GW_AUTH_SLOTS - 1)];
+}
+
 /* Verifies "Bearer <jwt>" (HS256 with the configured key, exp required and
  * in the future, sub an id).  Returns 0 and the subject, or -1 with why. */
 int gw_auth(gw_t *gw, const http1c_header_t *hdr, char *sub, const char **why)
@@ -25,9 +54,21 @@ int gw_auth(gw_t *gw, const http1c_header_t *hdr, char *sub, const char **why)
         *why = "authorization must be a bearer token";
         return -1;
     }
+    const char *t = hdr->value + 7;
+    size_t tlen = hdr->value_len - 7;
+    gw_auth_entry_t *e = tlen <= GW_AUTH_TOK_MAX ? gw_auth__slot(t, tlen) : NULL;
+    if (e != NULL && e->len == tlen && memcmp(e->tok, t, tlen) == 0) {
+        if (e->exp <= (long long)time(NULL)) {
+            e->len = 0;
+            *why = "token expired";
+            return -1;
+        }
+        strcpy(sub, e->sub);
+        return 0;
+    }
     char tok[4097];
-    memcpy(tok, hdr->value + 7, hdr->value_len - 7);
-    tok[hdr->value_len - 7] = '\0';
+    memcpy(tok, t, tlen);
+    tok[tlen] = '\0';
     jwt_t *j = NULL;
     if (jwt_decode(&j, tok, (const unsigned char *)gw->secret, (int)strlen(gw->secret)) != 0 ||
         j == NULL) {
@@ -55,6 +96,12 @@ int gw_auth(gw_t *gw, const http1c_header_t *hdr, char *sub, const char **why)
         goto out;
     }
     strcpy(sub, s);
+    if (e != NULL) {
+        e->len = (uint16_t)tlen;
+        memcpy(e->tok, t, tlen);
+        e->exp = (long long)exp;
+        strcpy(e->sub, s);
+    }
     rc = 0;
 out:
     jwt_free(j);

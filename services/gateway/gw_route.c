@@ -64,9 +64,27 @@ void gw_req_finish(gw_req_t *r, int status, const char *ctype, const char *body,
         gw->inflight--;
     }
     trace_span_end(&r->span);
-    free(r);
+    /* reused while the loop runs: malloc of a 4.5 KiB block per request
+     * (past glibc's per-thread cache) showed in profiles */
+    if (!gw_loop_done && r->gw->req_free_n < GW_REQ_FREE_MAX) {
+        r->next_free = r->gw->req_free;
+        r->gw->req_free = r;
+        r->gw->req_free_n++;
+    } else {
+        free(r);
+    }
     if (c != NULL && !c->closing && !c->close_after && !c->in_handle)
         gw_conn_process(c);
+}
+
+void gw_req_free_all(gw_t *gw)
+{
+    while (gw->req_free != NULL) {
+        gw_req_t *r = gw->req_free;
+        gw->req_free = r->next_free;
+        free(r);
+    }
+    gw->req_free_n = 0;
 }
 
 void gw_req_error(gw_req_t *r, int status, const char *msg)
@@ -123,6 +141,42 @@ static json_t *gw_order_json(const Shop__V1__Order *o)
     return j;
 }
 
+/* Answers r with order o as JSON, written directly (the hot read path:
+ * no jansson tree, one buffer): the members of gw_order_json in the same
+ * order, "replayed" when replayed >= 0, then "amount" as an exact decimal. */
+static void gw_req_order(gw_req_t *r, int status, const Shop__V1__Order *o, int replayed)
+{
+    const char *fr = o->failure_reason != NULL ? o->failure_reason : "";
+    size_t need = 6 * (strlen(o->id) + strlen(o->user_id) + strlen(o->product_id) + strlen(fr)) + 320;
+    char stackbuf[1024];
+    char *b = need <= sizeof stackbuf ? stackbuf : GW_MALLOC(need);
+    char *p = b;
+#define GW_LIT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
+    GW_LIT("{\"id\":");
+    p += gw_json_put_str(p, o->id);
+    GW_LIT(",\"user_id\":");
+    p += gw_json_put_str(p, o->user_id);
+    GW_LIT(",\"product_id\":");
+    p += gw_json_put_str(p, o->product_id);
+    p += sprintf(p, ",\"quantity\":%d,\"amount_cents\":%" PRId64 ",\"status\":\"%s\","
+                    "\"created_at_ms\":%" PRId64 ",\"updated_at_ms\":%" PRId64,
+                 (int)o->quantity, o->amount_cents, gw_order_status(o->status), o->created_at_ms,
+                 o->updated_at_ms);
+    if (fr[0]) {
+        GW_LIT(",\"failure_reason\":");
+        p += gw_json_put_str(p, fr);
+    }
+    if (replayed >= 0)
+        p += sprintf(p, ",\"replayed\":%s", replayed ? "true" : "false");
+    /* amount is emitted as an exact decimal number, not through a double */
+    p += sprintf(p, ",\"amount\":%" PRId64 ".%02" PRId64 "}", o->amount_cents / 100,
+                 o->amount_cents % 100);
+#undef GW_LIT
+    gw_req_finish(r, status, "application/json", b, (size_t)(p - b), NULL);
+    if (b != stackbuf)
+        free(b);
+}
+
 /* Non-OK gRPC result -> HTTP error, keeping the message. */
 static void gw_req_grpc_error(gw_req_t *r, const char *what, const grpc_result_t *res)
 {
@@ -168,12 +222,9 @@ static void gw_on_create(const grpc_result_t *res, void *arg)
         gw_req_error(r, 500, "order-svc CreateOrder: bad response");
         return;
     }
-    json_t *o = gw_order_json(rsp->order);
-    json_object_set_new(o, "replayed", json_boolean(rsp->replayed));
-    int64_t cents = rsp->order->amount_cents;
     trace_span_set_str(&r->span, "shop.order.id", rsp->order->id);
+    gw_req_order(r, 201, rsp->order, rsp->replayed ? 1 : 0);
     shop__v1__create_order_response__free_unpacked(rsp, NULL);
-    gw_req_json(r, 201, o, "amount", cents);
 }
 
 static void gw_on_check_user(const grpc_result_t *res, void *arg)
@@ -214,10 +265,8 @@ static void gw_on_get_order(const grpc_result_t *res, void *arg)
         gw_req_error(r, 403, "order belongs to another user");
         return;
     }
-    json_t *o = gw_order_json(rsp->order);
-    int64_t cents = rsp->order->amount_cents;
+    gw_req_order(r, 200, rsp->order, -1);
     shop__v1__get_order_response__free_unpacked(rsp, NULL);
-    gw_req_json(r, 200, o, "amount", cents);
 }
 
 static void gw_on_list(const grpc_result_t *res, void *arg)
@@ -435,8 +484,15 @@ void gw_route_handle(gw_conn_t *c, const http1c_head_t *h, const http1c_header_t
 {
     gw_t *gw = c->gw;
     uint64_t now = loop_now_ns();
-    gw_req_t *r = GW_MALLOC(sizeof *r);
+    gw_req_t *r = gw->req_free;
+    if (r != NULL) {
+        gw->req_free = r->next_free;
+        gw->req_free_n--;
+    } else {
+        r = GW_MALLOC(sizeof *r);
+    }
     memset(r, 0, offsetof(gw_req_t, span));
+    r->gw = gw;
     r->conn = c;
     r->t0 = now;
     r->conn_close = h->conn_close;

@@ -404,6 +404,22 @@ ok(sts == [503, 503, 503, 429] and st2 == 503, "per-user bucket: the 4th of alic
    (sts, st2))
 g.stop()
 
+# --- verified tokens are cached (gw_auth.c): a cached token still expires, and a token that
+# differs from a cached one in a byte of its signature is verified and refused
+g = Gateway()
+soon = make_jwt({"sub": "carol", "exp": int(time.time()) + 2})
+st1 = curl(g, "/api/users/carol", headers=["Authorization: Bearer " + soon])[0]
+st2 = curl(g, "/api/users/carol", headers=["Authorization: Bearer " + soon])[0]
+forged = soon[:-2] + ("A" if soon[-2] != "A" else "B") + soon[-1]
+st3, h, b = curl(g, "/api/users/carol", headers=["Authorization: Bearer " + forged])
+ok(st1 == 503 and st2 == 503 and st3 == 401 and json_error(b),
+   "a token accepted twice (the second from the cache); one signature byte changed: 401", (st1, st2, st3, b))
+time.sleep(max(0.0, int(time.time()) + 1.2 - time.time()) + 2)
+st, h, b = curl(g, "/api/users/carol", headers=["Authorization: Bearer " + soon])
+ok(st == 401 and "expired" in (json_error(b) or ""), "the cached token once past its exp: 401 token expired",
+   (st, b))
+g.stop()
+
 # --- /api/health without upstream checks (health_upstreams = false: liveness of the gateway alone)
 g = Gateway("health_upstreams = false\n")
 st, h, b = curl(g, "/api/health")
