@@ -325,16 +325,22 @@ def check_compose(root, build):
                 probs.append(f'{name}: deploy/shop.conf is not mounted at /etc/shop-trace/shop.conf')
     T.problems(probs, 'compose images pinned by tag, SHOP_*/OTEL_* variables documented, shop.conf mounted')
 
-    # each container's configuration is valid for its process
+    # each container's configuration is valid for its process: the process's own
+    # --check-config (its own rules too, e.g. numeric peer addresses) with the
+    # container's environment as the entrypoint leaves it
     probs = []
     for name, s in svcs.items():
         if name not in SHOP_PROCS and name != 'shop-migrate':
             continue
         env = dict(os.environ, **{k: str(v) for k, v in resolve_like_entrypoint(s.get('environment', {})).items()})
-        rc, out = run([os.path.join(build, 'shop-config'), 'check', '--config', conf], env=env)
+        if name == 'shop-migrate':
+            cmd = [os.path.join(build, 'shop-config'), 'check', '--config', conf]
+        else:
+            cmd = [os.path.join(build, SHOP_PROCS[name][0]), '--check-config', '--config', conf]
+        rc, out = run(cmd, env=env)
         if rc != 0:
             probs.append(f'{name}: {out.strip()}')
-    T.problems(probs, 'shop-config check accepts deploy/shop.conf with each compose container\'s environment')
+    T.problems(probs, 'each process\'s --check-config accepts deploy/shop.conf with its compose environment')
 
     # pipeline wiring: exporter -> collector -> jaeger; prometheus -> exporter, gateway
     probs = []
@@ -427,6 +433,8 @@ def needed_packages(binary):
     if rc != 0:
         return None, out
     sonames = re.findall(r'\(NEEDED\)\s+Shared library: \[([^\]]+)\]', out)
+    # the sanitizer build's runtimes: the images build without sanitizers
+    sonames = [so for so in sonames if not re.match(r'lib(a|ub|t|l|hwa)san\.so', so)]
     rc, ldc = run(['ldconfig', '-p'])
     paths = {}
     for line in ldc.splitlines():
@@ -641,6 +649,23 @@ def check_k8s(root, build):
                 elif pr.get('httpGet', {}).get('port') != port:
                     probs.append(f'{name}: {pk} is not an httpGet on {port}: {pr}')
     T.problems(probs, 'Kubernetes containers: pinned images, requests and limits, gRPC/HTTP probes on the configured ports')
+
+    probs = []
+    for name, t in pods.items():
+        if name not in SHOP_PROCS:
+            continue
+        c = t['spec']['containers'][0]
+        env = {e['name']: e['value'] for e in c.get('env', []) if 'value' in e}
+        for e in c.get('env', []):   # secrets and the downward API: plausible stand-ins
+            if 'valueFrom' in e:
+                env[e['name']] = 'k8s-secret-or-field-stand-in'
+        env = resolve_like_entrypoint(env)
+        env['OTEL_RESOURCE_ATTRIBUTES'] = re.sub(r'\$\([A-Z_]+\)', 'x', env.get('OTEL_RESOURCE_ATTRIBUTES', 'a=b'))
+        rc, out = run([os.path.join(build, SHOP_PROCS[name][0]), '--check-config', '--config', conf],
+                      env=dict(os.environ, **env))
+        if rc != 0:
+            probs.append(f'{name}: {out.strip()}')
+    T.problems(probs, 'each process\'s --check-config accepts the ConfigMap\'s shop.conf with its Kubernetes environment')
 
     # the ring: hostPID, one memory-backed hostPath at /dev/shm, uid 10001, io_uring allowed
     probs, paths = [], set()
