@@ -620,9 +620,10 @@ p_user = aux_gateway({"SHOP_GATEWAY_RATE_USER": "1", "SHOP_GATEWAY_BURST_USER": 
 if p_user:
     sts = [req("GET", "/api/users/user7", tok=T7, port=p_user) for _ in range(5)]
     codes = [x.status for x in sts]
-    ok(codes[:3] == [200, 200, 200] and codes[3] == 429 and codes[4] == 429,
+    # (a slow machine may refill one token during the five requests)
+    ok(codes[:3] == [200, 200, 200] and 429 in codes[3:],
        "per-user limit (1/s, burst 3): three 200 through the stack, then 429 (got %s)" % codes, sts)
-    last = sts[-1]
+    last = sts[-1] if sts[-1].status == 429 else sts[3]
     check_error(last, 429, "the user's 429", "user")
     ra = last.headers.get("retry-after", "")
     ok(ra.isdigit() and 1 <= int(ra) <= 2, "429 carries Retry-After: 1..2 s (got %r)" % ra, last)
@@ -636,10 +637,12 @@ else:
 p_addr = aux_gateway({"SHOP_GATEWAY_RATE_ADDR": "1", "SHOP_GATEWAY_BURST_ADDR": "2"})
 if p_addr:
     codes = [req("GET", "/api/health", port=p_addr) for _ in range(4)]
-    ok([x.status for x in codes] == [200, 200, 429, 429], "per-address limit (1/s, burst 2): 200, 200, 429, 429 "
-       "(got %s)" % [x.status for x in codes], codes)
-    check_error(codes[-1], 429, "the address's 429", "address")
-    ok(codes[-1].headers.get("retry-after", "").isdigit(), "the address's 429 carries Retry-After", codes[-1])
+    sts = [x.status for x in codes]
+    ok(sts[:2] == [200, 200] and 429 in sts[2:], "per-address limit (1/s, burst 2): 200, 200, then 429 "
+       "(got %s)" % sts, codes)
+    last = codes[-1] if sts[-1] == 429 else codes[2]
+    check_error(last, 429, "the address's 429", "address")
+    ok(last.headers.get("retry-after", "").isdigit(), "the address's 429 carries Retry-After", last)
 else:
     ok(False, "an extra gateway (per-address limit) starts")
 
