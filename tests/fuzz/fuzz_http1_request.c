@@ -2,10 +2,14 @@
  * tests/fuzz/fuzz_http1_request.c - the HTTP/1.1 request parser that
  * shop-payment-sim uses (core/http1_client.h, pure).  Asserts views inside
  * the input, a head length within it, and -2 for every cut of a complete
- * head that is not already bad.
+ * head that is not already bad; and what the gateway (services/gateway,
+ * whose request heads this parser reads) relies on: never chunked and
+ * Content-Length at once, Content-Length equal to the header, the same head
+ * with its 256 header slots.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http1_client.h"
 
@@ -27,6 +31,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < h.num_headers; i++)
             if (hd[i].name < buf || hd[i].value + hd[i].value_len > buf + n)
                 abort();
+        /* what the gateway's limits rely on: no request both chunked and
+         * Content-Length (smuggling), a Content-Length equal to every such
+         * header's value, and the same head with the gateway's 256 slots */
+        if (h.content_length < -1 || (h.chunked && h.content_length != -1))
+            abort();
+        for (size_t i = 0; i < h.num_headers; i++) {
+            if (hd[i].name_len != 14 || strncasecmp(hd[i].name, "content-length", 14) != 0)
+                continue;
+            int64_t v = 0;
+            for (size_t k = 0; k < hd[i].value_len; k++)
+                v = v * 10 + (hd[i].value[k] - '0');
+            if (v != h.content_length)
+                abort();
+        }
+        http1c_head_t h256;
+        http1c_header_t hd256[256];
+        if (http1c_parse_request(buf, size, &h256, hd256, 256) != n ||
+            h256.content_length != h.content_length || h256.chunked != h.chunked ||
+            h256.num_headers != h.num_headers)
+            abort();
         int m = http1c_parse_request(buf, (size_t)n - 1, &h, hd, 32);
         if (m != -2 && m != -1)
             abort();
