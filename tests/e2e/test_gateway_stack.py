@@ -4,8 +4,9 @@ real clients (curl, http.client, raw sockets): `./shop up` on ports and a
 state directory of its own (gateway -> user-svc/order-svc -> PostgreSQL,
 Redis, inventory-svc, payment-svc -> payment simulator), then every route,
 every error status the gateway promises (each with its JSON error body),
-the gRPC -> HTTP status mapping with the upstream message kept, pipelining,
-a client sending one byte per second (408 at the read timeout), 10,000
+the gRPC -> HTTP status mapping with the upstream message kept, 300 damaged
+requests (seeded: SHOP_TEST_SEED), pipelining, a client sending one byte
+per second (408 at the read timeout), 10,000
 connections opened and closed (the gateway still answers, its descriptors
 back to where they were), the body limit to the byte, and at the end the
 gateway still alive with no sanitizer report in its log.  TAP output.
@@ -549,6 +550,78 @@ pipe = (("POST /api/orders HTTP/1.1\r\n" + H + "Authorization: Bearer " + T123 +
 rs = raw(pipe, expect=2)
 ok([x.status for x in rs] == [201, 200] and rs[1].headers.get("connection", "").lower() == "close",
    "a pipelined POST with a body then a GET with Connection: close: 201, 200 and close", rs)
+
+# damaged requests: valid ones with bytes flipped, inserted or cut, 400 at once
+# on 16 connections; every answer is JSON (an error for every status >= 400),
+# and the gateway keeps running
+import concurrent.futures  # noqa: E402
+seed = int(os.environ.get("SHOP_TEST_SEED", str(os.getpid())))
+rng = random.Random(seed)
+ob = order_body(120).encode()
+templates = [
+    ("GET /api/health HTTP/1.1\r\n" + H + "User-Agent: t\r\n\r\n").encode(),
+    ("GET /api/orders/" + oid + " HTTP/1.1\r\n" + H + "Authorization: Bearer " + T123 + "\r\n\r\n").encode(),
+    ("POST /api/orders HTTP/1.1\r\n" + H + "Authorization: Bearer " + T123 + "\r\nContent-Type: application/json\r\n"
+     "Content-Length: %d\r\n\r\n" % len(ob)).encode() + ob,
+    ("GET /api/orders?user_id=user123 HTTP/1.1\r\n" + H + "Authorization: Bearer " + T123 + "\r\n\r\n").encode(),
+]
+alphabet = b" \t\r\n:/?&=%-.0123456789{}\"\x00\xff\x7fAaZz"
+
+
+def damage(b):
+    b = bytearray(b)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(3)
+        i = rng.randrange(len(b))
+        if op == 0:
+            b[i] = rng.choice(alphabet)
+        elif op == 1:
+            b[i:i] = bytes([rng.choice(alphabet)]) * rng.randint(1, 8)
+        elif len(b) > 1:
+            del b[i:i + rng.randint(1, 4)]
+    return bytes(b)
+
+
+def one_damaged(data):
+    """Sends data then closes the write side; reads every answer until the
+    gateway closes.  Returns (answers, leftover bytes)."""
+    s = socket.create_connection(("127.0.0.1", GW_PORT), timeout=READ_TIMEOUT_MS / 1000 + 5)
+    got = []
+    buf = b""
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        while True:
+            r, buf = read_response(s, buf)
+            if r is None:
+                break
+            got.append(r)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return got, buf
+
+
+samples = [damage(rng.choice(templates)) for _ in range(300)]
+with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    results = list(ex.map(one_damaged, samples))
+bad = []
+n_err = 0
+for data, (answers, left) in zip(samples, results):
+    for a in answers:
+        if a.status == 100:
+            continue
+        if a.status >= 400:
+            n_err += 1
+        if a.json is None or (a.status >= 400 and not is_json_error(a)) or not a.headers.get("traceparent"):
+            bad.append((data, a))
+    if left.strip():
+        bad.append((data, left[:200]))
+ok(not bad, "300 damaged requests (seed %d, SHOP_TEST_SEED repeats it): every answer JSON with a traceparent, "
+   "an error body for each of the %d statuses >= 400" % (seed, n_err), "\n".join(repr(x)[:300] for x in bad[:5]))
+ok(n_err >= 100, "most damaged requests are refused (%d of 300 answers >= 400)" % n_err)
+ok(alive(GW_PID) and req("GET", "/api/health").status == 200, "the gateway still answers after them")
 
 # a client that sends one byte per second: 408 at the read timeout
 s = socket.create_connection(("127.0.0.1", GW_PORT), timeout=10)
