@@ -146,7 +146,9 @@ typedef enum {
 
 /* Sets header `name` (lower-case: "traceparent", "tracestate", "baggage") to
  * value[0..vlen) (not NUL-terminated) on the carrier.  Returns 0 or -errno;
- * an error stops trace_inject.  Runs synchronously inside trace_inject. */
+ * an error stops trace_inject.  Runs synchronously inside trace_inject;
+ * value points into trace_inject's own stack, so a carrier that keeps it past
+ * the callback must copy it. */
 typedef int (*trace_header_set_cb)(void *carrier, const char *name, const char *value,
                                    size_t vlen);
 /* Looks header `name` up (case-insensitively for HTTP/1.1); returns the

@@ -1035,18 +1035,25 @@ int grpc_call_unary(grpc_channel_t *ch, const char *path, const uint8_t *msg, si
     return grpc__call_start(ch, path, msg, msg_len, gzip, timeout_ns, md, n_md, NULL, cb, arg);
 }
 
-/* trace_inject carrier: the call's metadata plus traceparent/tracestate. */
+/* trace_inject carrier: the call's metadata plus traceparent/tracestate.
+ * trace_inject's values live only while the callback runs (traceparent is
+ * formatted on trace_inject's stack), so the carrier copies them into vals. */
 typedef struct {
     grpc_md_t *md;
     size_t n, cap;
+    char vals[TRACE_TRACEPARENT_LEN + TRACE_TRACESTATE_MAX + 2];
+    size_t used;
 } grpc__carrier_t;
 
 static int grpc__carrier_set(void *carrier, const char *name, const char *value, size_t vlen)
 {
     grpc__carrier_t *c = carrier;
-    if (c->n == c->cap)
+    if (c->n == c->cap || vlen > sizeof c->vals - c->used)
         return -ENOSPC;
-    c->md[c->n++] = (grpc_md_t){.key = name, .value = (const uint8_t *)value, .value_len = vlen};
+    char *v = c->vals + c->used;
+    memcpy(v, value, vlen);
+    c->used += vlen;
+    c->md[c->n++] = (grpc_md_t){.key = name, .value = (const uint8_t *)v, .value_len = vlen};
     return 0;
 }
 
@@ -1075,9 +1082,9 @@ int grpc_call_unary_traced(grpc_channel_t *ch, const char *path, const uint8_t *
     trace_span_set_int(span, "server.port", ch->port);
     if (n_md)
         memcpy(all, md, n_md * sizeof *all);
-    /* The values point into span->_buf / the span context: grpc__call_start
-     * copies them before this function returns. */
-    grpc__carrier_t car = {all, n_md, n_md + 3};
+    /* The keys are literals and the values sit in car.vals: grpc__call_start
+     * copies both before this function returns. */
+    grpc__carrier_t car = {.md = all, .n = n_md, .cap = n_md + 3};
     (void)trace_inject(trace_span_context(span), NULL, grpc__carrier_set, &car);
     int rc = grpc__call_start(ch, path, msg, msg_len, gzip, timeout_ns, all, car.n, span, cb, arg);
     free(all);

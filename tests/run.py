@@ -151,7 +151,7 @@ def main():
     want = set(args.suite or ['unit', 'integration', 'e2e', 'fuzz'])
     total = Tally()
     san_env = {
-        'ASAN_OPTIONS': 'detect_leaks=1:abort_on_error=1:halt_on_error=1',
+        'ASAN_OPTIONS': 'detect_leaks=1:detect_stack_use_after_return=1:abort_on_error=1:halt_on_error=1',
         'UBSAN_OPTIONS': 'print_stacktrace=1:halt_on_error=1',
     }
     plans = [('main', os.path.join(root, 'var/build/main'), ['unit', 'integration', 'e2e'], {})]
