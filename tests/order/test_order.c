@@ -702,8 +702,15 @@ int main(int argc, char **argv)
     kill(p_pay.pid, SIGSTOP);
     res_t inflight;
     start_create("user9", "tp-main", 1, 500, NULL, NULL, &inflight);
-    run_pending(400); /* returns at the timeout: the call is parked in ProcessPayment */
-    long long pending_now = sql_int("SELECT count(*) FROM orders WHERE user_id = 'user9' AND status = 'pending'");
+    /* Until the order is inserted (pending); the saga then goes on to
+     * ReduceStock and waits in ProcessPayment.  run_pending returns at its
+     * timeout while the call is unanswered. */
+    long long pending_now = 0;
+    for (int i = 0; i < 200 && pending_now != 1; i++) {
+        run_pending(50);
+        pending_now = sql_int("SELECT count(*) FROM orders WHERE user_id = 'user9' AND status = 'pending'");
+    }
+    run_pending(100);
     kill(p_ord.pid, SIGTERM);
     usleep(300000);
     kill(p_pay.pid, SIGCONT);

@@ -6,13 +6,16 @@
 #ifndef SHOP_TESTS_PAY_TEST_H
 #define SHOP_TESTS_PAY_TEST_H
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +28,30 @@ typedef struct {
 /* Starts argv (env entries "K=V" added with putenv in the child; stderr
  * goes to errlog) and waits up to 10 s for "listening on ...:PORT" on its
  * stdout.  Returns 0 or -1. */
+/* A port nothing listens on, drawn from 20000-32767: below the kernel's
+ * ephemeral range, so while a server stopped on it is down (the "processor
+ * down" cases) no outgoing connection can take the port or connect to
+ * itself on it and turn "refused" into something else.  0 if none found. */
+__attribute__((unused)) static int pt_free_port(void)
+{
+    static unsigned seed;
+    if (seed == 0)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    for (int tries = 0; tries < 200; tries++) {
+        int port = 20000 + (int)(rand_r(&seed) % 12768u);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return 0;
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_ANY);
+        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return port;
+    }
+    return 0;
+}
+
 __attribute__((unused)) static int pt_spawn(pt_child_t *c, const char *const argv[], const char *const env[],
                                             const char *errlog)
 {

@@ -289,7 +289,9 @@ static bool many_done(void *arg) { return ((many_t *)arg)->left == 0; }
 
 static void test_sim(const char *sim_path)
 {
-    const char *argv[] = {sim_path, "--config", "/dev/null", "--port", "0", NULL};
+    char sim_port[16]; /* connected to again once the simulator is gone: "sim down" */
+    snprintf(sim_port, sizeof sim_port, "%d", pt_free_port());
+    const char *argv[] = {sim_path, "--config", "/dev/null", "--port", sim_port, NULL};
     const char *env[] = {"SHOP_PAYMENT_SIM_LATENCY_MS=5", "SHOP_PAYMENT_SIM_JITTER_MS=5",
                    "SHOP_PAYMENT_SIM_DECLINE_RATE=0", "SHOP_PAYMENT_SIM_ERROR_RATE=0", NULL};
     char log[] = "/tmp/test_http1c_sim.XXXXXX";

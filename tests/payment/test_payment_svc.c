@@ -274,7 +274,9 @@ int main(int argc, char **argv)
     int pgport = 0;
     sscanf(strstr(conninfo, "port=") ? strstr(conninfo, "port=") : "port=0", "port=%d", &pgport);
 
-    int sim_ok = start_sim("0") == 0;
+    char simport[16];
+    snprintf(simport, sizeof simport, "%d", pt_free_port()); /* down and back later, on this port */
+    int sim_ok = start_sim(simport) == 0;
     tap_check(sim_ok, "shop-payment-sim started on port %d", g_sim.port);
     snprintf(g_sim_port, sizeof g_sim_port, "%d", g_sim.port);
     snprintf(g_ring, sizeof g_ring, "/shop-test-pay-%d", (int)getpid());
