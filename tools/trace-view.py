@@ -27,7 +27,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -177,7 +179,9 @@ def bar(start, dur, total, width, style):
     return ' ' * a + style.full * (b - a) + ' ' * (width - b)
 
 
-def render(trace, out, width, style, linked):
+def render(trace, out, width, style, linked, cols=None):
+    """cols: the terminal's width when printing to one: the bar then fits it (unless --width), and
+    attributes that do not fit on a span's line go on the lines under it."""
     spans = trace['spans']
     procs = trace.get('processes') or {}
     tid = trace['traceID']
@@ -229,6 +233,9 @@ def render(trace, out, width, style, linked):
         svc = procs.get(s['processID'], {}).get('serviceName', '?')
         labels.append((tree, svc, s['operationName']))
     name_w = min(max(len(t) + len(v) + 1 + len(n) for t, v, n in labels), 88)
+    fixed = name_w + 2 + 8 + 1 + 11 + 1 + 11 + 2 + 2 + 6  # every column but the bar
+    if width is None:
+        width = min(max(cols - fixed - 1, 10), 40) if cols else 40
     head = f'{"service  span":<{name_w}}  {"kind":<8} {"offset":>11} {"duration":>11}  {"":{width}}  status  attributes'
     out.write(style.c('2', head) + '\n')
     for (tree, s), (_, svc, name) in zip(rows, labels):
@@ -260,8 +267,15 @@ def render(trace, out, width, style, linked):
                 attrs.append(f'parent {r.get("spanID")} not in the trace')
         line = (f'{label_c}{pad}  {kind:<8} {fmt_ms(s["startTime"] - t0):>11} {fmt_ms(s["duration"]):>11}  '
                 f'{style.c("31" if err else "32", bar(s["startTime"] - t0, s["duration"], total, width, style))}  '
-                f'{style.c("31;1", f"{status:<6}") if err else f"{status:<6}"}  {" ".join(attrs)}')
-        out.write(line.rstrip() + '\n')
+                f'{style.c("31;1", f"{status:<6}") if err else f"{status:<6}"}')
+        text = ' '.join(attrs)
+        if cols and attrs and fixed + width + 2 + len(text) > cols:
+            out.write(line.rstrip() + '\n')
+            indent = ' ' * (len(tree) + 3)
+            for chunk in textwrap.wrap(text, max(cols - len(indent), 20), break_on_hyphens=False):
+                out.write(indent + style.c('2', chunk) + '\n')
+        else:
+            out.write((line + '  ' + text).rstrip() + '\n')
     if linked:
         out.write('\nlinked from other traces (span links to this trace):\n')
         for lt, ls, svc in linked:
@@ -303,12 +317,13 @@ def main(argv=None):
                     help='Jaeger query API base URL (default $SHOP_JAEGER_URL or http://127.0.0.1:16686)')
     ap.add_argument('--service', default='gateway', help="service whose latest trace 'last' shows (default gateway)")
     ap.add_argument('--wait', type=float, default=0.0, help='seconds to keep asking while the trace is not there yet')
-    ap.add_argument('--width', type=int, default=40, help='cells of the duration bar (default 40)')
+    ap.add_argument('--width', type=int, default=None,
+                    help='cells of the duration bar (default 40, or what fits a terminal)')
     ap.add_argument('--color', choices=['auto', 'always', 'never'], default='auto')
     ap.add_argument('--no-links', action='store_true', help='do not look for traces that link to this one')
     ap.add_argument('--json', action='store_true', help="print Jaeger's JSON of the trace instead")
     a = ap.parse_args(argv)
-    if a.width < 10 or a.width > 400:
+    if a.width is not None and (a.width < 10 or a.width > 400):
         ap.error('--width must be 10..400')
     if a.wait < 0:
         ap.error('--wait must be >= 0')
@@ -326,7 +341,8 @@ def main(argv=None):
             sys.stdout.write('\n')
             return 0
         linked = [] if a.no_links else find_linked(a.url, trace)
-        render(trace, sys.stdout, a.width, style, linked)
+        cols = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else None
+        render(trace, sys.stdout, a.width, style, linked, cols or None)
         ui = a.url.rstrip('/')
         sys.stdout.write(f'\nJaeger: {ui}/trace/{trace["traceID"]}  (API: {ui}/api/traces/{trace["traceID"]})\n')
         return 0
