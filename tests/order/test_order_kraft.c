@@ -43,6 +43,9 @@
  *     last_error _MSG_TIMED_OUT) and the relay holds their later rows back;
  *     after the restart every row goes out, each event once, an order's
  *     events in outbox order on one partition.
+ *     The broker's own segment files (kafka.tools.DumpLogSegments): every
+ *     batch has a producer id and sequence numbers, contiguous per
+ *     producer id and epoch, and the records number what was sent.
  *  6. order-svc exits 0 on SIGTERM; the broker stops.
  */
 #include <jansson.h>
@@ -228,7 +231,11 @@ static rec_t g_rec[256];
 static int g_nrec;
 
 /* Reads order-events from the beginning with kafka.tools.ConsoleConsumer
- * until it saw `want` records or nothing new for 5 s.  Lines look like
+ * (a new consumer group each time) until it saw `want` records or nothing
+ * for 30 s: the wait covers the group coordinator loading
+ * __consumer_offsets after a broker restart on a busy machine; with all
+ * `want` records it returns at once.  It exits 1 at the timeout, so its
+ * status is ignored and what it printed is parsed.  Lines look like
  *   LogAppendTime:1700000000000\tPartition:2\tOffset:0\ttraceparent:00-...\tKEY\tVALUE */
 static int consume_all(int want)
 {
@@ -236,19 +243,12 @@ static int consume_all(int want)
     snprintf(cmd, sizeof cmd,
              "java -Xms64m -Xmx256m -Dlog4j.configuration=file:/dev/null -cp '%s/*' "
              "kafka.tools.ConsoleConsumer --bootstrap-server %s --topic order-events "
-             "--from-beginning --max-messages %d --timeout-ms 5000 "
+             "--from-beginning --max-messages %d --timeout-ms 30000 "
              "--property print.timestamp=true --property print.partition=true "
              "--property print.offset=true --property print.headers=true "
-             "--property print.key=true 2>>'%s/console-consumer.log'",
+             "--property print.key=true 2>>'%s/console-consumer.log'; true",
              g_libs, g_bootstrap, want, g_dir);
     char *out = run_capture(cmd);
-    if (out == NULL) {
-        /* It exits 1 after --timeout-ms with fewer records: rerun without
-         * the status check to keep what it printed. */
-        char cmd2[2100];
-        snprintf(cmd2, sizeof cmd2, "%s; true", cmd);
-        out = run_capture(cmd2);
-    }
     g_nrec = 0;
     if (out == NULL)
         return -1;
@@ -318,6 +318,61 @@ static bool payload_matches(const rec_t *r)
               json_integer_value(json_object_get(j, "occurred_at_ms")) > 1600000000000LL && sql_int(q) == 1;
     json_decref(j);
     return ok;
+}
+
+/* ------------------------------------------------------------ the broker's log */
+
+typedef struct {
+    int partition, count, base_seq, last_seq, epoch;
+    long long pid;
+} batch_t;
+
+/* What the broker stored, read from its segment files with
+ * kafka.tools.DumpLogSegments: every batch of order-events must carry a
+ * producer id and sequence numbers (written by an idempotent producer), the
+ * sequences of one producer id and epoch in a partition must follow each
+ * other without a gap or a repeat (no batch written twice), and the batches
+ * must hold `want` records in all. */
+static void check_broker_log(int want)
+{
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd,
+             "java -Xms64m -Xmx256m -Dlog4j.configuration=file:/dev/null -cp '%s/*' kafka.tools.DumpLogSegments "
+             "--files $(ls %s/data/order-events-*/*.log | paste -sd,) 2>/dev/null",
+             g_libs, g_kdir);
+    char *out = run_capture(cmd);
+    static batch_t b[1024];
+    int nb = 0, part = -1, records = 0, idem = 0, seq_ok = 0;
+    char *save = NULL;
+    for (char *line = out ? strtok_r(out, "\n", &save) : NULL; line && nb < 1024; line = strtok_r(NULL, "\n", &save)) {
+        const char *d = strstr(line, "/order-events-");
+        if (strncmp(line, "Dumping ", 8) == 0 && d) {
+            part = atoi(d + 14);
+            continue;
+        }
+        batch_t x = {.partition = part};
+        long long bo, lo;
+        if (sscanf(line, "baseOffset: %lld lastOffset: %lld count: %d baseSequence: %d lastSequence: %d "
+                         "producerId: %lld producerEpoch: %d", &bo, &lo, &x.count, &x.base_seq, &x.last_seq,
+                   &x.pid, &x.epoch) != 7)
+            continue;
+        b[nb++] = x;
+        records += x.count;
+    }
+    free(out);
+    for (int i = 0; i < nb; i++) {
+        idem += b[i].pid >= 0 && b[i].base_seq >= 0 && b[i].last_seq - b[i].base_seq + 1 == b[i].count;
+        int prev = -1;
+        for (int k = i - 1; k >= 0 && prev < 0; k--)
+            if (b[k].partition == b[i].partition && b[k].pid == b[i].pid && b[k].epoch == b[i].epoch)
+                prev = k;
+        seq_ok += prev < 0 ? b[i].base_seq == 0 : b[i].base_seq == b[prev].last_seq + 1;
+    }
+    tap_check(nb > 0 && idem == nb, "broker log: all %d batches of order-events carry a producer id and "
+              "sequence numbers (an idempotent producer wrote them; %d do)", nb, idem);
+    tap_check(nb > 0 && seq_ok == nb, "broker log: per partition, producer id and epoch the sequences follow "
+              "each other with no gap and no repeat (%d/%d batches)", seq_ok, nb);
+    tap_check(records == want, "broker log: %d records stored (want %d: nothing written twice)", records, want);
 }
 
 /* ------------------------------------------------------------ Jaeger */
@@ -869,6 +924,7 @@ int main(int argc, char **argv)
     tap_check(in_order == N_LONG, "long outage: every order's events once, in outbox order, one partition (%d/%d)",
               in_order, N_LONG);
     check_invariants("after the long outage");
+    check_broker_log(total);
 
     /* 6. Shutdown. */
     tap_check(proc_stop(&p_ord, SIGTERM) == 0, "order-svc exits 0 on SIGTERM");
