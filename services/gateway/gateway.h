@@ -118,6 +118,9 @@ struct st_gw_req_t {
     char c_user[GW_ID_MAX + 1], c_product[GW_ID_MAX + 1];
     int health[2];       /* health: status per upstream, -1 = not answered */
     trace_span_t span;
+    /* the incoming tracestate: an unsampled span's context points here (a
+     * recording one copies it), so it must live as long as the request */
+    char tracestate[TRACE_TRACESTATE_MAX];
 };
 
 struct st_gw_t {

@@ -531,8 +531,7 @@ void gw_route_handle(gw_conn_t *c, const http1c_head_t *h, const http1c_header_t
                       mname ? mname : h->method);
     gw_carrier_t car = {hd, h->num_headers};
     trace_context_t parent;
-    char ts[512];
-    int prc = trace_extract(gw_carrier_get, &car, &parent, ts, sizeof ts, NULL);
+    int prc = trace_extract(gw_carrier_get, &car, &parent, r->tracestate, sizeof r->tracestate, NULL);
     trace_span_start(&r->span, &gw_scope, name, (size_t)nl, TRACE_KIND_SERVER,
                      prc == 0 ? &parent : NULL);
     trace_span_set_str_n(&r->span, "http.request.method", 19, mname ? mname : h->method,
