@@ -328,6 +328,15 @@ void exp_batcher_shutdown(exp_batcher_t *b, void (*done)(void *arg), void *arg)
 {
     if (b->stopping)
         return;
+    /* One last drain before the queue closes: what the ring holds now (up to
+     * the queue's size) goes out with the final batches instead of waiting
+     * in the ring for the next exporter. */
+    while (b->qlen < b->s.queue_max) {
+        int n = ring_consumer_peek(b->ring, b->q + b->qlen, (int)(b->s.queue_max - b->qlen));
+        if (n <= 0)
+            break;
+        b->qlen += (uint32_t)n;
+    }
     b->stopping = true;
     b->shut_done = done;
     b->shut_arg = arg;

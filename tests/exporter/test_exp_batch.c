@@ -304,8 +304,13 @@ int main(void)
     loop_run(loop);
     exp_batcher_stats(b, &st);
     ring_stats(ring, &rs);
-    tap_check(st.spans_exported == 1234 && rs.in_ring == 0 && loop_now_ns() - t8 < 1000000000ull,
-              "shutdown: all 1234 queued spans exported at once (%llu)", (unsigned long long)st.spans_exported);
+    /* "At once": well before the 1 h schedule delay; the bound leaves room for
+     * a loaded machine and the sanitizer build. */
+    uint64_t took8 = loop_now_ns() - t8;
+    tap_check(st.spans_exported == 1234 && rs.in_ring == 0 && took8 < 5000000000ull,
+              "shutdown: all 1234 queued spans exported at once (%llu exported, %llu in ring, %llu ms)",
+              (unsigned long long)st.spans_exported, (unsigned long long)rs.in_ring,
+              (unsigned long long)(took8 / 1000000u));
     exp_batcher_free(b);
 
     /* 9. shutdown with the receiver down: released SHUTDOWN/EXPIRED by the deadline */
@@ -322,10 +327,13 @@ int main(void)
     exp_batcher_stats(b, &st);
     ring_stats(ring, &rs);
     uint64_t gone = st.spans_dropped[RING_DROP_SHUTDOWN] + st.spans_dropped[RING_DROP_EXPIRED];
-    tap_check(gone == 600 && rs.in_ring == 0 && loop_now_ns() - t9 < 1500000000ull && balanced(),
-              "shutdown with receiver down: 600 dropped (shutdown %llu, expired %llu) within the timeout, balanced",
+    uint64_t took9 = loop_now_ns() - t9;
+    tap_check(gone == 600 && rs.in_ring == 0 && took9 < 3000000000ull && balanced(),
+              "shutdown with receiver down: 600 dropped (shutdown %llu, expired %llu, in ring %llu) in %llu ms, "
+              "bounded by the export timeout, balanced",
               (unsigned long long)st.spans_dropped[RING_DROP_SHUTDOWN],
-              (unsigned long long)st.spans_dropped[RING_DROP_EXPIRED]);
+              (unsigned long long)st.spans_dropped[RING_DROP_EXPIRED], (unsigned long long)rs.in_ring,
+              (unsigned long long)(took9 / 1000000u));
     exp_batcher_free(b);
 
     ring_producer_release(prod);
