@@ -14,8 +14,9 @@ No Docker engine or Kubernetes cluster runs here, so:
     otlp exporter the Collector config uses);
   - the Prometheus configs through `promtool check config`;
   - deploy/shop.conf and each container's SHOP_*/OTEL_* environment through `shop-config check`;
-  - the Kubernetes manifests through structural checks (kinds, required fields, selectors,
-    probes, resources, references): kubeconform needs its JSON schemas from the network.
+  - the Kubernetes manifests through k8scheck (tools/go/k8scheck: strict decoding into the
+    official k8s.io/api types; kubeconform would need its JSON schemas from the network), then
+    structural checks (selectors, probes, resources, references, the ring's sharing).
 Runs in var/venv (PyYAML, tests/py/requirements.txt); re-executes itself there if needed.
 SHOP_REQUIRE_TOOLS=1 turns a missing tool into a failure instead of a skip.
 """
@@ -555,6 +556,13 @@ WORKLOADS = ('Deployment', 'StatefulSet', 'DaemonSet', 'Job')
 
 def check_k8s(root, build):
     kdir = os.path.join(root, 'deploy', 'k8s')
+    k8scheck = os.path.join(root, 'var', 'tools', 'bin', 'k8scheck')
+    if tool('k8scheck', k8scheck, 'k8scheck decodes every manifest strictly into the k8s.io/api types'):
+        files = sorted(os.path.join(kdir, f) for f in os.listdir(kdir) if f.endswith('.yaml'))
+        rc, out = run([k8scheck] + files)
+        T.ok(rc == 0, 'k8scheck decodes every manifest strictly into the k8s.io/api types '
+             '(kinds, field names, value types)',
+             '\n'.join(l for l in out.splitlines() if not l.endswith(': ok')))
     kust = yaml.safe_load(open(os.path.join(root, 'deploy', 'kustomization.yaml')))
     listed = kust.get('resources', [])
     on_disk = sorted(f'k8s/{f}' for f in os.listdir(kdir) if f.endswith('.yaml'))

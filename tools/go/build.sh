@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # tools/go/build.sh - build the Go test tools pinned in tools/go/go.mod
-# (Jaeger v2 all-in-one, grpcurl, ghz) into var/tools/bin/ of the repo.
+# (Jaeger v2 all-in-one, grpcurl, ghz) and our own k8scheck (tools/go/k8scheck:
+# Kubernetes manifests decoded strictly into k8s.io/api types, for tests/deploy)
+# into var/tools/bin/ of the repo.
 #
 #   tools/go/build.sh            # build if go.mod/go.sum changed, else no-op
 #   tools/go/build.sh --force    # rebuild regardless of the stamp
@@ -21,10 +23,11 @@ tools=(
   "jaeger github.com/jaegertracing/jaeger/cmd/jaeger"
   "grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl"
   "ghz github.com/bojand/ghz/cmd/ghz"
+  "k8scheck shop-trace/tools/k8scheck"
 )
 
 command -v go >/dev/null || { echo "build.sh: go not found in PATH" >&2; exit 1; }
-want="$(cat "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1) $(go env GOVERSION)"
+want="$(cat "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}" "$here"/k8scheck/*.go | sha256sum | cut -d' ' -f1) $(go env GOVERSION)"
 
 force=0
 [[ "${1:-}" == "--force" ]] && force=1
