@@ -411,9 +411,13 @@ out:
     return rc;
 }
 
+/* The W3C carrier over the request's headers: a second traceparent line
+ * makes it invalid (a new trace, as the W3C test harness expects); several
+ * tracestate lines are one list (RFC 9110 5.3), joined in order. */
 typedef struct {
     const http1c_header_t *h;
     size_t n;
+    char joined[TRACE_TRACESTATE_MAX * 2];
 } gw_carrier_t;
 
 static const char *gw_carrier_get(void *carrier, const char *name, size_t *vlen)
@@ -422,8 +426,30 @@ static const char *gw_carrier_get(void *carrier, const char *name, size_t *vlen)
     const http1c_header_t *h = http1c_find_header(c->h, c->n, name);
     if (h == NULL)
         return NULL;
-    *vlen = h->value_len;
-    return h->value;
+    const http1c_header_t *end = c->h + c->n, *more = http1c_find_header(h + 1, (size_t)(end - h - 1), name);
+    if (more == NULL) {
+        *vlen = h->value_len;
+        return h->value;
+    }
+    if (strcmp(name, "tracestate") != 0) {
+        *vlen = 1;
+        return "-"; /* two traceparent lines: invalid */
+    }
+    size_t len = 0;
+    for (; h != NULL; h = h + 1 < end ? http1c_find_header(h + 1, (size_t)(end - h - 1), name) : NULL) {
+        if (h->value_len == 0)
+            continue;
+        if (len + 1 + h->value_len > sizeof c->joined) {
+            *vlen = 1;
+            return "="; /* longer than passed on: invalid, dropped whole */
+        }
+        if (len)
+            c->joined[len++] = ',';
+        memcpy(c->joined + len, h->value, h->value_len);
+        len += h->value_len;
+    }
+    *vlen = len;
+    return c->joined;
 }
 
 /* Matches the route.  id gets {id} (raw). */
@@ -529,7 +555,9 @@ void gw_route_handle(gw_conn_t *c, const http1c_head_t *h, const http1c_header_t
     else
         nl = snprintf(name, sizeof name, "%.*s", mname ? 6 : (int)h->method_len,
                       mname ? mname : h->method);
-    gw_carrier_t car = {hd, h->num_headers};
+    gw_carrier_t car;
+    car.h = hd;
+    car.n = h->num_headers;
     trace_context_t parent;
     int prc = trace_extract(gw_carrier_get, &car, &parent, r->tracestate, sizeof r->tracestate, NULL);
     trace_span_start(&r->span, &gw_scope, name, (size_t)nl, TRACE_KIND_SERVER,

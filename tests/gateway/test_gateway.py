@@ -198,6 +198,14 @@ ok(tp.startswith("00-" + tid + "-") and "00f067aa0ba902b7" not in tp, "incoming 
 st, h, b = curl(g, "/api/health", headers=["traceparent: 00-%s-0000000000000000-01" % tid])
 ok(TP_RE.match(h.get("traceparent", "")) and tid not in h.get("traceparent", ""),
    "invalid traceparent starts a new trace", h)
+st, h, b = curl(g, "/api/health", headers=["traceparent: 00-%s-00f067aa0ba902b7-01" % tid,
+                                          "traceparent: 00-%s-00f067aa0ba902b8-01" % ("1" * 32)])
+ok(TP_RE.match(h.get("traceparent", "")) and tid not in h["traceparent"] and "1" * 32 not in h["traceparent"],
+   "two traceparent lines start a new trace (W3C test harness)", h)
+# two tracestate lines are one list: the span's tracestate has both (the ring, below)
+st, h, b = curl(g, "/api/health", headers=["traceparent: 00-%s-00f067aa0ba902b7-01" % tid,
+                                          "tracestate: gwtsa=first", "tracestate: gwtsb=second"])
+ok(h.get("traceparent", "").startswith("00-" + tid), "a traceparent with two tracestate lines is continued", h)
 
 # --- authentication
 st, h, b = curl(g, "/api/orders/o1")
@@ -372,6 +380,7 @@ ok(all(k in ring for k in [b"http.request.method", b"http.route", b"url.path", b
                            b"http.response.status_code", b"client.address", b"user_agent.original"]),
    "SERVER span attributes in the ring")
 ok(bytes.fromhex(tid) in ring, "the incoming trace id is the span's")
+ok(b"gwtsa=first,gwtsb=second" in ring, "two tracestate lines are combined in order into the span's tracestate")
 ok(tok.encode() not in ring and tok.split(".")[2].encode() not in ring and b"Bearer" not in ring,
    "the Authorization header is never recorded")
 ok(b"shop.v1.UserService/GetUser" in ring and b"shop.v1.OrderService/GetOrder" in ring,
