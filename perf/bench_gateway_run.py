@@ -2,7 +2,7 @@
 """perf/bench_gateway_run.py - one wrk run of perf/bench-gateway.sh, with the
 CPU time every named process group spent meanwhile.  Prints one JSON line.
 
-    bench_gateway_run.py --label L --group NAME=PID[,PID...] ... -- wrk ARGS...
+    bench_gateway_run.py --label L --group NAME=PID[,PID...] ... [--drain SHOP_RING RING] -- wrk ARGS...
 
 A group's CPU time is utime+stime (/proc/PID/stat, every thread) of its pids
 and all their descendants (PostgreSQL's backends are the postmaster's
@@ -10,6 +10,12 @@ children), sampled right before and right after wrk; a process that appears
 in between counts from zero.  wrk's own CPU time comes from the rusage of
 its process.  Requests/s, latency percentiles and errors are parsed from
 wrk's output (run it with --latency).
+
+--drain SHOP_RING RING: after wrk, wait (at most 120 s) until the span ring
+RING holds no record (`SHOP_RING stat --name RING --json`: in_ring == 0)
+before the second CPU sample, so the exporter's and the receiver's work for
+the run's spans is counted even when it finishes after wrk; the spans still
+in the ring when wrk ended and the seconds to drain them are reported.
 """
 import json
 import os
@@ -92,14 +98,27 @@ def parse_wrk(text):
     return r
 
 
+def ring_stat(shop_ring, ring):
+    try:
+        out = subprocess.run([shop_ring, "stat", "--name", ring, "--json"], capture_output=True,
+                             text=True, timeout=10).stdout
+        return json.loads(out)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def main():
     argv = sys.argv[1:]
     if "--" not in argv:
         sys.exit(__doc__)
     opts, cmd = argv[:argv.index("--")], argv[argv.index("--") + 1:]
-    label, groups = None, {}
+    label, groups, drain = None, {}, None
     i = 0
     while i < len(opts):
+        if opts[i] == "--drain":
+            drain = (opts[i + 1], opts[i + 2])
+            i += 3
+            continue
         if opts[i] == "--label":
             label = opts[i + 1]
         elif opts[i] == "--group":
@@ -113,6 +132,16 @@ def main():
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    drain_info = None
+    if drain is not None:
+        st = ring_stat(*drain)
+        left = st.get("in_ring") if st else None
+        t1 = time.monotonic()
+        while st is not None and st.get("in_ring", 0) > 0 and time.monotonic() - t1 < 120:
+            time.sleep(0.05)
+            st = ring_stat(*drain)
+        drain_info = {"in_ring_at_end": left, "drain_s": round(time.monotonic() - t1, 2),
+                      "in_ring_after": st.get("in_ring") if st else None}
     b = snapshot()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
@@ -121,6 +150,8 @@ def main():
     r = parse_wrk(p.stdout)
     r["label"] = label
     r["wall_s"] = round(wall, 3)
+    if drain_info is not None:
+        r["drain"] = drain_info
     cpu = {name: round(group_ticks(a, b, roots) / HZ, 3) for name, roots in groups.items()}
     cpu["wrk"] = round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 3)
     r["cpu_s"] = cpu
