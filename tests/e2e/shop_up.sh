@@ -111,6 +111,15 @@ fi
 logs_nonempty() { [ -n "$("$SHOP" logs order-svc 2>/dev/null)" ]; }
 check "./shop logs order-svc prints its log" logs_nonempty
 
+# A binary rebuilt while the stack runs (ninja writes a new file): status and
+# down must still know its process.  Same bytes and mtime, so nothing else notices.
+sim_bin="$SHOP_BUILD/shop-payment-sim"
+if [ -x "$sim_bin" ]; then
+  cp -p "$sim_bin" "$sim_bin.swap.$$" && mv -f "$sim_bin.swap.$$" "$sim_bin"
+  sim_alive() { "$SHOP" status 2>/dev/null | awk '$1 == "payment-sim" {print $3}' | grep -qx yes; }
+  check "payment-sim still listed as running after its binary was replaced" sim_alive
+fi
+
 pids=$(awk 'NR > 1 && $3 == "yes" {print $2}' "$STATE/status.out")
 kafka_ports=$(tr ',' '\n' <"$STATE/run/kafka.bootstrap" 2>/dev/null | sed 's/.*://')
 t0=$SECONDS
