@@ -129,28 +129,20 @@ static const char *gw_order_status(int st)
     }
 }
 
-static json_t *gw_order_json(const Shop__V1__Order *o)
-{
-    json_t *j = json_pack("{s:s,s:s,s:s,s:i,s:I,s:s,s:I,s:I}", "id", o->id, "user_id", o->user_id,
-                          "product_id", o->product_id, "quantity", (int)o->quantity, "amount_cents",
-                          (json_int_t)o->amount_cents, "status", gw_order_status(o->status),
-                          "created_at_ms", (json_int_t)o->created_at_ms, "updated_at_ms",
-                          (json_int_t)o->updated_at_ms);
-    if (j != NULL && o->failure_reason != NULL && o->failure_reason[0])
-        json_object_set_new(j, "failure_reason", json_string(o->failure_reason));
-    return j;
-}
-
-/* Answers r with order o as JSON, written directly (the hot read path:
- * no jansson tree, one buffer): the members of gw_order_json in the same
- * order, "replayed" when replayed >= 0, then "amount" as an exact decimal. */
-static void gw_req_order(gw_req_t *r, int status, const Shop__V1__Order *o, int replayed)
+/* Bytes gw_order_put may write for o (strings escaped at most 6x). */
+static size_t gw_order_need(const Shop__V1__Order *o)
 {
     const char *fr = o->failure_reason != NULL ? o->failure_reason : "";
-    size_t need = 6 * (strlen(o->id) + strlen(o->user_id) + strlen(o->product_id) + strlen(fr)) + 320;
-    char stackbuf[1024];
-    char *b = need <= sizeof stackbuf ? stackbuf : GW_MALLOC(need);
-    char *p = b;
+    return 6 * (strlen(o->id) + strlen(o->user_id) + strlen(o->product_id) + strlen(fr)) + 320;
+}
+
+/* Writes order o as a JSON object at p (no jansson tree: the hot read path),
+ * "replayed" when replayed >= 0, then "amount" as an exact decimal number,
+ * never through a double.  Returns the bytes written. */
+static size_t gw_order_put(char *p, const Shop__V1__Order *o, int replayed)
+{
+    char *start = p;
+    const char *fr = o->failure_reason != NULL ? o->failure_reason : "";
 #define GW_LIT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
     GW_LIT("{\"id\":");
     p += gw_json_put_str(p, o->id);
@@ -168,11 +160,20 @@ static void gw_req_order(gw_req_t *r, int status, const Shop__V1__Order *o, int 
     }
     if (replayed >= 0)
         p += sprintf(p, ",\"replayed\":%s", replayed ? "true" : "false");
-    /* amount is emitted as an exact decimal number, not through a double */
     p += sprintf(p, ",\"amount\":%" PRId64 ".%02" PRId64 "}", o->amount_cents / 100,
-                 o->amount_cents % 100);
+                 o->amount_cents % 100); /* >= 0: order-svc refuses other amounts */
 #undef GW_LIT
-    gw_req_finish(r, status, "application/json", b, (size_t)(p - b), NULL);
+    return (size_t)(p - start);
+}
+
+/* Answers r with order o as JSON. */
+static void gw_req_order(gw_req_t *r, int status, const Shop__V1__Order *o, int replayed)
+{
+    size_t need = gw_order_need(o);
+    char stackbuf[1024];
+    char *b = need <= sizeof stackbuf ? stackbuf : GW_MALLOC(need);
+    size_t n = gw_order_put(b, o, replayed);
+    gw_req_finish(r, status, "application/json", b, n, NULL);
     if (b != stackbuf)
         free(b);
 }
@@ -283,20 +284,25 @@ static void gw_on_list(const grpc_result_t *res, void *arg)
         gw_req_error(r, 500, "order-svc ListOrders: bad response");
         return;
     }
-    json_t *arr = json_array();
+    /* The same order objects as GET /api/orders/{id}, written directly so
+     * "amount" is a number here too. */
+    const char *tok = rsp->next_page_token ? rsp->next_page_token : "";
+    size_t need = 64 + 6 * strlen(tok);
+    for (size_t i = 0; i < rsp->n_orders; i++)
+        need += gw_order_need(rsp->orders[i]) + 1;
+    char *b = GW_MALLOC(need), *p = b;
+    p += sprintf(p, "{\"orders\":[");
     for (size_t i = 0; i < rsp->n_orders; i++) {
-        json_t *o = gw_order_json(rsp->orders[i]);
-        /* an exact decimal string here: jansson can only emit numbers via double */
-        char a[32];
-        snprintf(a, sizeof a, "%" PRId64 ".%02" PRId64, rsp->orders[i]->amount_cents / 100,
-                 rsp->orders[i]->amount_cents % 100);
-        json_object_set_new(o, "amount", json_string(a));
-        json_array_append_new(arr, o);
+        if (i)
+            *p++ = ',';
+        p += gw_order_put(p, rsp->orders[i], -1);
     }
-    json_t *o = json_pack("{s:o,s:s}", "orders", arr, "next_page_token",
-                          rsp->next_page_token ? rsp->next_page_token : "");
+    p += sprintf(p, "],\"next_page_token\":");
+    p += gw_json_put_str(p, tok);
+    *p++ = '}';
     shop__v1__list_orders_response__free_unpacked(rsp, NULL);
-    gw_req_json(r, 200, o, NULL, 0);
+    gw_req_finish(r, 200, "application/json", b, (size_t)(p - b), NULL);
+    free(b);
 }
 
 static void gw_on_get_user(const grpc_result_t *res, void *arg)

@@ -360,9 +360,13 @@ r = req("GET", "/api/orders/" + oid, tok=T123)
 ok(r.status == 200 and isinstance(r.json, dict) and r.json.get("id") == oid and '"amount":99.99' in r.body,
    "http.client GET /api/orders/{id}: 200, the order with its exact amount", r)
 
+one = r.json if isinstance(r.json, dict) else {}
 r = req("GET", "/api/orders?user_id=user123", tok=T123)
-ids = [o.get("id") for o in r.json.get("orders", [])] if isinstance(r.json, dict) else []
-ok(r.status == 200 and oid in ids, "GET /api/orders?user_id=user123: 200, the list holds the order", r)
+listed = [o for o in r.json.get("orders", []) if isinstance(o, dict)] if isinstance(r.json, dict) else []
+ok(r.status == 200 and oid in [o.get("id") for o in listed], "GET /api/orders?user_id=user123: 200, the list holds the order", r)
+mine = [o for o in listed if o.get("id") == oid]
+ok(len(mine) == 1 and mine[0] == one and '"amount":99.99' in r.body and isinstance(mine[0].get("amount"), float),
+   "the listed order is the same object as GET /api/orders/{id}, amount a number (99.99)", r.body[:400])
 
 r = req("GET", "/api/users/user123", tok=T123)
 ok(r.status == 200 and isinstance(r.json, dict) and r.json.get("id") == "user123" and r.json.get("name") == "Demo User",
