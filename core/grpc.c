@@ -297,8 +297,11 @@ typedef struct st_grpc__call_t {
     char *path;
     grpc_md_t *md; /* per-call metadata, -bin values already base64 */
     size_t n_md;
-    uint8_t *body; /* length-prefixed request message */
+    uint8_t *body; /* owned: length-prefixed request message (prefix included) */
     size_t body_len;
+    const uint8_t *msg_ref; /* borrowed (grpc_call_unary_borrowed): the message, after prefix[] */
+    size_t msg_ref_len;
+    uint8_t prefix[GRPC_FRAME_HDR]; /* the Length-Prefixed-Message header of msg_ref */
     /* response */
     int http_status;      /* 0 = no :status yet */
     int grpc_status;      /* -1 = no grpc-status */
@@ -817,7 +820,9 @@ static void grpc__submit(grpc__call_t *c)
                                 strlen(c->md[i].key), c->md[i].value_len, NGHTTP2_NV_FLAG_NONE};
 #undef GRPC__NV
 #undef GRPC__NVS
-    int32_t sid = h2_submit(ch->cur->h, all, n, c->body, c->body_len, c);
+    int32_t sid = !c->body
+                      ? h2_submit(ch->cur->h, all, n, c->prefix, sizeof c->prefix, c->msg_ref, c->msg_ref_len, c)
+                      : h2_submit(ch->cur->h, all, n, NULL, 0, c->body, c->body_len, c);
     if (all != nv)
         free(all);
     if (sid < 0) {
@@ -983,9 +988,20 @@ static void grpc__deadline(loop_t *loop, loop_timer_t *t, void *arg)
     grpc__finish(c, GRPC_STATUS_DEADLINE_EXCEEDED, "grpc: deadline exceeded (local timer)");
 }
 
-/* Frames msg as one Length-Prefixed-Message, gzip-compressed if asked. */
-static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len)
+/* Frames msg as one Length-Prefixed-Message, gzip-compressed if asked.
+ * borrowed (and no gzip): msg is referenced, not copied, behind prefix[]. */
+static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len, bool borrowed)
 {
+    if (!c->gzip && borrowed) {
+        c->prefix[0] = 0;
+        c->prefix[1] = (uint8_t)(len >> 24);
+        c->prefix[2] = (uint8_t)(len >> 16);
+        c->prefix[3] = (uint8_t)(len >> 8);
+        c->prefix[4] = (uint8_t)len;
+        c->msg_ref = msg;
+        c->msg_ref_len = len;
+        return 0;
+    }
     if (!c->gzip) {
         c->body = malloc(GRPC_FRAME_HDR + len);
         if (!c->body)
@@ -1026,13 +1042,19 @@ static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len)
 }
 
 static int grpc__call_start(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
-                            uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, trace_span_t *span,
-                            grpc_unary_cb cb, void *arg);
+                            bool borrowed, uint64_t timeout_ns, const grpc_md_t *md, size_t n_md,
+                            trace_span_t *span, grpc_unary_cb cb, void *arg);
 
 int grpc_call_unary(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
                     uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, grpc_unary_cb cb, void *arg)
 {
-    return grpc__call_start(ch, path, msg, msg_len, gzip, timeout_ns, md, n_md, NULL, cb, arg);
+    return grpc__call_start(ch, path, msg, msg_len, gzip, false, timeout_ns, md, n_md, NULL, cb, arg);
+}
+
+int grpc_call_unary_borrowed(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
+                             uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, grpc_unary_cb cb, void *arg)
+{
+    return grpc__call_start(ch, path, msg, msg_len, gzip, true, timeout_ns, md, n_md, NULL, cb, arg);
 }
 
 /* trace_inject carrier: the call's metadata plus traceparent/tracestate.
@@ -1086,7 +1108,7 @@ int grpc_call_unary_traced(grpc_channel_t *ch, const char *path, const uint8_t *
      * copies both before this function returns. */
     grpc__carrier_t car = {.md = all, .n = n_md, .cap = n_md + 3};
     (void)trace_inject(trace_span_context(span), NULL, grpc__carrier_set, &car);
-    int rc = grpc__call_start(ch, path, msg, msg_len, gzip, timeout_ns, all, car.n, span, cb, arg);
+    int rc = grpc__call_start(ch, path, msg, msg_len, gzip, false, timeout_ns, all, car.n, span, cb, arg);
     free(all);
     if (rc < 0) {
         trace_span_set_str(span, "error.type", "_OTHER");
@@ -1098,8 +1120,8 @@ int grpc_call_unary_traced(grpc_channel_t *ch, const char *path, const uint8_t *
 }
 
 static int grpc__call_start(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
-                            uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, trace_span_t *span,
-                            grpc_unary_cb cb, void *arg)
+                            bool borrowed, uint64_t timeout_ns, const grpc_md_t *md, size_t n_md,
+                            trace_span_t *span, grpc_unary_cb cb, void *arg)
 {
     if (!ch || ch->free_pending || !path || path[0] != '/' || !cb || (msg_len && !msg) || (n_md && !md))
         return -EINVAL;
@@ -1124,7 +1146,7 @@ static int grpc__call_start(grpc_channel_t *ch, const char *path, const uint8_t 
     if (rc < 0)
         goto err;
     c->n_md = n_md;
-    rc = grpc__frame_body(c, msg, msg_len);
+    rc = grpc__frame_body(c, msg, msg_len, borrowed);
     if (rc < 0)
         goto err;
     if (timeout_ns) {

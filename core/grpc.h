@@ -103,6 +103,15 @@ void grpc_channel_free(grpc_channel_t *ch);
 int grpc_call_unary(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
                     uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, grpc_unary_cb cb, void *arg);
 
+/* grpc_call_unary() without the copy: msg is NOT copied (unless gzip
+ * compresses it at once) and must stay valid and unchanged until cb runs.
+ * Its bytes go from msg into the connection's write buffer, the only copy
+ * before the kernel's.  For a caller that keeps the message anyway (the
+ * exporter keeps its encoded batch for retries).  Returns as
+ * grpc_call_unary(). */
+int grpc_call_unary_borrowed(grpc_channel_t *ch, const char *path, const uint8_t *msg, size_t msg_len, bool gzip,
+                             uint64_t timeout_ns, const grpc_md_t *md, size_t n_md, grpc_unary_cb cb, void *arg);
+
 /* grpc_call_unary() plus an automatic CLIENT span (core/core.h): named
  * "package.Service/Method", child of `parent` (NULL or invalid: a new
  * trace), with rpc.system, rpc.service, rpc.method, server.address,

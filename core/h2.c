@@ -5,8 +5,14 @@
  * Data flow.  Reads go straight into nghttp2_session_mem_recv().  Nothing is
  * written from inside callbacks: a before-sleep hook drains
  * nghttp2_session_mem_send() into one buffer and queues it with a single
- * loop_conn_write_copy(), so one loop iteration costs one sendmsg however
- * many streams produced frames (the batching STYLE.md asks for).
+ * loop write, so one loop iteration costs one sendmsg however many streams
+ * produced frames (the batching STYLE.md asks for).  Request bodies are
+ * copied once, from the owner's memory into that buffer: DATA frames use
+ * NGHTTP2_DATA_FLAG_NO_COPY, so nghttp2 hands us the 9-byte frame header
+ * (h2__cb_send_data) instead of copying the payload into its own frame
+ * buffer first, and the filled buffer goes to the loop without another
+ * copy (loop_conn_write; it comes back to a small free list when the
+ * write completes).  With TLS the buffer goes through SSL_write instead.
  *
  * Flow control (RFC 9113 section 5.2).  Request bodies are fed through a
  * data provider; nghttp2 calls it only with as many bytes as the stream and
@@ -46,6 +52,8 @@
 #define H2__BATCH_MAX (1u << 20)         /* bytes gathered per hook run */
 #define H2__CONN_WINDOW (16 << 20)       /* our connection receive window */
 #define H2__STREAM_WINDOW (4 << 20)      /* our per-stream receive window */
+#define H2__WBUF_MIN 16384u               /* smallest write buffer */
+#define H2__WBUF_SPARE 2                  /* write buffers kept for reuse */
 
 typedef enum {
     H2__CONNECTING = 1,
@@ -62,9 +70,22 @@ typedef struct st_h2__stream_t {
     struct st_h2__stream_t *next, *prev;
     int32_t sid;
     void *sdata;         /* owner's pointer; NULL once detached */
-    const uint8_t *body; /* NULL once detached */
-    size_t len, off;     /* off <= len: bytes already handed to nghttp2 */
+    bool detached;       /* h2_cancel: the body must not be read any more */
+    uint8_t pre[H2_PREFIX_MAX]; /* copied prefix, sent before body */
+    size_t pre_len;
+    const uint8_t *body; /* the owner's; NULL once detached */
+    size_t len;          /* pre_len + body bytes */
+    size_t off;          /* off <= len: bytes already sent (written to a wbuf) */
 } h2__stream_t;
+
+/* One write buffer: filled by the hook, then owned by the loop's write
+ * queue until its write callback (h2__on_wdone) gives it back. */
+typedef struct st_h2__wbuf_t {
+    struct st_h2__wbuf_t *next; /* free list */
+    struct st_h2_conn_t *h;
+    size_t len, cap;            /* len <= cap bytes of data[] used */
+    uint8_t data[];
+} h2__wbuf_t;
 
 struct st_h2_conn_t {
     loop_t *loop;
@@ -87,16 +108,85 @@ struct st_h2_conn_t {
     char tls_name[256];
     char why[192];        /* cause of the last failure, for on_down */
     h2_counters_t ctr;
-    uint8_t *wbuf;
-    size_t wlen, wcap;
+    h2__wbuf_t *wb;       /* being filled by the hook, or NULL */
+    h2__wbuf_t *spare;    /* free list, <= H2__WBUF_SPARE buffers */
+    unsigned n_spare;
+    bool wfail;           /* a write buffer could not grow (ENOMEM) */
 };
 
 static void h2__on_close(loop_conn_t *conn, void *data)
 {
     (void)conn;
     h2_conn_t *h = data;
-    free(h->wbuf);
+    /* every handed-off buffer came back first: the loop runs the write
+     * callbacks (-ECANCELED at worst) before the close callback */
+    free(h->wb);
+    while (h->spare) {
+        h2__wbuf_t *b = h->spare;
+        h->spare = b->next;
+        free(b);
+    }
     free(h);
+}
+
+/* Makes room for n more bytes in the buffer being filled.  Returns false
+ * (and records ENOMEM in wfail) when it cannot grow. */
+static bool h2__wreserve(h2_conn_t *h, size_t n)
+{
+    h2__wbuf_t *b = h->wb;
+    if (b && b->len + n <= b->cap)
+        return true;
+    if (!b && h->spare && h->spare->cap >= n) {
+        b = h->spare;
+        h->spare = b->next;
+        h->n_spare--;
+        b->next = NULL;
+        b->len = 0;
+        h->wb = b;
+        return true;
+    }
+    size_t used = b ? b->len : 0;
+    size_t cap = b ? b->cap : H2__WBUF_MIN;
+    while (cap < used + n)
+        cap *= 2;
+    h2__wbuf_t *nb = realloc(b, sizeof *nb + cap);
+    if (!nb) {
+        h->wfail = true;
+        return false;
+    }
+    if (!b) {
+        nb->next = NULL;
+        nb->h = h;
+        nb->len = 0;
+    }
+    nb->cap = cap;
+    h->wb = nb;
+    return true;
+}
+
+static bool h2__wappend(h2_conn_t *h, const uint8_t *data, size_t n)
+{
+    if (!h2__wreserve(h, n))
+        return false;
+    memcpy(h->wb->data + h->wb->len, data, n);
+    h->wb->len += n;
+    return true;
+}
+
+/* Write callback of a handed-off buffer: back to the free list. */
+static void h2__on_wdone(loop_conn_t *conn, int status, void *arg)
+{
+    (void)conn;
+    (void)status; /* a failed write also fails the read side: on_down follows */
+    h2__wbuf_t *b = arg;
+    h2_conn_t *h = b->h;
+    if (h->n_spare < H2__WBUF_SPARE) {
+        b->next = h->spare;
+        h->spare = b;
+        h->n_spare++;
+    } else {
+        free(b);
+    }
 }
 
 static void h2__free_streams(h2_conn_t *h)
@@ -198,41 +288,41 @@ static void h2__hook(loop_t *loop, void *arg)
         return;
     if (loop_conn_write_queued(h->conn) > H2__MAX_QUEUED)
         return; /* the write completion brings us back */
-    h->wlen = 0;
     for (;;) {
         const uint8_t *data;
+        /* DATA frames are appended by h2__cb_send_data from in here */
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
-        if (n < 0) {
-            h2__down(h, -EPROTO);
+        if (n < 0 || h->wfail) {
+            h2__down(h, h->wfail ? -ENOMEM : -EPROTO);
             return;
         }
         if (n == 0)
             break;
-        if (h->wlen + (size_t)n > h->wcap) {
-            size_t cap = h->wcap ? h->wcap : 16384;
-            while (cap < h->wlen + (size_t)n)
-                cap *= 2;
-            uint8_t *nb = realloc(h->wbuf, cap);
-            if (!nb) {
-                h2__down(h, -ENOMEM);
-                return;
-            }
-            h->wbuf = nb;
-            h->wcap = cap;
+        if (!h2__wappend(h, data, (size_t)n)) {
+            h2__down(h, -ENOMEM);
+            return;
         }
-        memcpy(h->wbuf + h->wlen, data, (size_t)n);
-        h->wlen += (size_t)n;
-        if (h->wlen >= H2__BATCH_MAX)
+        if (h->wb->len >= H2__BATCH_MAX)
             break;
     }
-    if (h->wlen) {
-        int rc = h2__send(h, h->wbuf, h->wlen);
+    h2__wbuf_t *b = h->wb;
+    if (b && b->len) {
+        size_t len = b->len;
+        int rc;
+        if (h->ssl) {
+            rc = h2__send(h, b->data, b->len);
+            b->len = 0; /* SSL_write copied it: keep filling this one */
+        } else {
+            struct iovec iov = {b->data, b->len};
+            rc = loop_conn_write(h->conn, &iov, 1, h2__on_wdone, b);
+            if (rc == 0)
+                h->wb = NULL; /* the loop's until h2__on_wdone */
+        }
         if (rc < 0) {
             h2__down(h, rc);
             return;
         }
-        h->ctr.bytes_sent += h->wlen;
-        h->wlen = 0;
+        h->ctr.bytes_sent += len;
     }
     h2__check_done(h);
 }
@@ -378,23 +468,59 @@ static int h2__cb_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, vo
     return 0;
 }
 
+/* Data source of a request stream: only says how many bytes the next DATA
+ * frame carries (NO_COPY); h2__cb_send_data writes them. */
 static ssize_t h2__read_body(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length,
                              uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
 {
     (void)ng;
     (void)sid;
+    (void)buf;
     (void)user_data;
     h2__stream_t *s = source->ptr;
-    if (!s->body) /* detached by h2_cancel: RST_STREAM(CANCEL) is on its way */
+    if (s->detached) /* by h2_cancel: RST_STREAM(CANCEL) is on its way */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t n = s->len - s->off;
     if (n > length)
         n = length;
-    memcpy(buf, s->body + s->off, n);
-    s->off += n;
-    if (s->off == s->len)
+    *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (s->off + n == s->len)
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
+}
+
+/* Writes one DATA frame of a NO_COPY stream: the frame header nghttp2
+ * serialized, then `length` body bytes straight from the owner's memory
+ * (padding is never selected: no select_padding callback). */
+static int h2__cb_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                            nghttp2_data_source *source, void *user_data)
+{
+    (void)ng;
+    h2_conn_t *h = user_data;
+    h2__stream_t *s = source->ptr;
+    if (frame->data.padlen != 0 || s->detached || length > s->len - s->off)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* cannot happen: loud */
+    if (!h2__wreserve(h, 9 + length))
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* wfail: the hook takes the connection down */
+    uint8_t *w = h->wb->data + h->wb->len;
+    memcpy(w, framehd, 9);
+    w += 9;
+    size_t n = length;
+    if (s->off < s->pre_len) {
+        size_t k = s->pre_len - s->off < n ? s->pre_len - s->off : n;
+        memcpy(w, s->pre + s->off, k);
+        w += k;
+        s->off += k;
+        n -= k;
+    }
+    if (n) {
+        memcpy(w, s->body + (s->off - s->pre_len), n);
+        s->off += n;
+    }
+    h->wb->len += 9 + length;
+    /* Stop this mem_send run at a full batch; the hook sends it and the
+     * next iteration's hook continues. */
+    return h->wb->len >= H2__BATCH_MAX ? NGHTTP2_ERR_PAUSE : 0;
 }
 
 /* ------------------------------------------------------------ connecting */
@@ -431,6 +557,7 @@ static int h2__session_new(h2_conn_t *h)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, h2__cb_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, h2__cb_stream_close);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, h2__cb_frame_recv);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, h2__cb_send_data);
     rc = nghttp2_session_client_new(&h->ng, cbs, h);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0)
@@ -543,17 +670,22 @@ int h2_conn_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t connec
 
 /* ---------------------------------------------------------------- streams */
 
-int32_t h2_submit(h2_conn_t *h, const nghttp2_nv *nva, size_t nvlen, const uint8_t *body, size_t body_len,
-                  void *sdata)
+int32_t h2_submit(h2_conn_t *h, const nghttp2_nv *nva, size_t nvlen, const uint8_t *prefix, size_t prefix_len,
+                  const uint8_t *body, size_t body_len, void *sdata)
 {
     if (!h2_conn_ready(h))
         return NGHTTP2_ERR_INVALID_STATE;
+    if (prefix_len > H2_PREFIX_MAX || (prefix_len && !prefix) || (body_len && !body))
+        return NGHTTP2_ERR_INVALID_ARGUMENT;
     h2__stream_t *s = calloc(1, sizeof *s);
     if (!s)
         return NGHTTP2_ERR_NOMEM;
     s->sdata = sdata;
+    if (prefix_len)
+        memcpy(s->pre, prefix, prefix_len);
+    s->pre_len = prefix_len;
     s->body = body;
-    s->len = body_len;
+    s->len = prefix_len + body_len;
     nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = h2__read_body};
     int32_t sid = nghttp2_submit_request(h->ng, NULL, nva, nvlen, &prd, s);
     if (sid < 0) {
@@ -577,6 +709,7 @@ void h2_cancel(h2_conn_t *h, int32_t sid)
         return;
     s->sdata = NULL;
     s->body = NULL;
+    s->detached = true;
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, sid, NGHTTP2_CANCEL);
 }
 

@@ -24,6 +24,8 @@
 
 #include "loop.h"
 
+#define H2_PREFIX_MAX 16 /* bytes of a request body's copied prefix (h2_submit) */
+
 typedef struct st_h2_conn_t h2_conn_t;
 
 typedef struct st_h2_callbacks_t {
@@ -66,13 +68,17 @@ int h2_conn_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t connec
                     uint64_t keepalive_ns, SSL_CTX *tls, const char *tls_name, const h2_callbacks_t *cbs,
                     void *arg, h2_conn_t **out);
 
-/* Submits a request stream with headers nva (copied) and body (NOT copied:
- * it must stay valid until on_stream_close or on_down for this stream).
+/* Submits a request stream with headers nva (copied) and a request body of
+ * prefix (copied; at most H2_PREFIX_MAX bytes, e.g. gRPC's 5-byte message
+ * header) followed by body (NOT copied: it must stay valid and unchanged
+ * until on_stream_close, on_down or h2_cancel for this stream; it is read
+ * only from the loop's before-sleep hook, straight into the write buffer).
  * nghttp2 sends the body as the peer's flow-control windows allow.
  * Returns the stream id (> 0) or a negative nghttp2 error
- * (NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE, NGHTTP2_ERR_NOMEM, ...). */
-int32_t h2_submit(h2_conn_t *h, const nghttp2_nv *nva, size_t nvlen, const uint8_t *body, size_t body_len,
-                  void *sdata);
+ * (NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE, NGHTTP2_ERR_NOMEM,
+ * NGHTTP2_ERR_INVALID_ARGUMENT, ...). */
+int32_t h2_submit(h2_conn_t *h, const nghttp2_nv *nva, size_t nvlen, const uint8_t *prefix, size_t prefix_len,
+                  const uint8_t *body, size_t body_len, void *sdata);
 
 /* Sends RST_STREAM(CANCEL) and detaches sdata and the body: no callback
  * refers to them afterwards (no on_stream_close either), so the owner may

@@ -165,6 +165,7 @@ struct st_loop_t {
     loop_timer_t **heap;
     uint32_t heap_len, heap_cap;
     uint64_t timer_seq;
+    bool skipped_enter; /* the previous iteration ran without io_uring_enter */
 
     loop__hook_t *hooks;
     unsigned nhooks, cap_hooks;
@@ -698,15 +699,29 @@ int loop_run(loop_t *loop)
             break;
 
         struct __kernel_timespec ts, *tsp = NULL;
+        bool due = false;
         if (loop->heap_len > 0) {
             uint64_t now = loop_now_ns(), dl = loop->heap[0]->_deadline;
             uint64_t d = dl > now ? dl - now : 0;
             ts.tv_sec = (long long)(d / 1000000000u);
             ts.tv_nsec = (long long)(d % 1000000000u);
             tsp = &ts;
+            due = d == 0;
         }
         struct io_uring_cqe *cqe;
-        int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, tsp, NULL);
+        int ret = 0;
+        if (due && !loop->skipped_enter && io_uring_sq_ready(&loop->ring) == 0) {
+            /* A timer is due now (a zero-delay timer: deferred callbacks)
+             * and nothing waits for submission: a system call would return
+             * at once, so run the timers without one.  Completions already
+             * in the CQ are handled below; those the kernel still holds
+             * (DEFER_TASKRUN posts them only inside io_uring_enter) wait
+             * one iteration: never more, the next one enters. */
+            loop->skipped_enter = true;
+        } else {
+            loop->skipped_enter = false;
+            ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, tsp, NULL);
+        }
         if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
             fprintf(stderr, "loop: io_uring_submit_and_wait_timeout: %s\n", strerror(-ret));
             loop->result = ret;

@@ -13,6 +13,11 @@
  *
  * Producers make no system call, so nothing wakes us when spans arrive: a
  * repeating EXP_POLL_NS timer peeks, and a finished export peeks at once.
+ * The poll timer is stopped while a batch is in flight (or waits for a
+ * retry) and the queue is full: nothing can be peeked or sent before the
+ * batch ends, so a poll then would only be a wake-up (each one costs the
+ * process several microseconds of CPU in a VM, as much as encoding tens of
+ * spans; a receiver slower than us, as Jaeger is, saw one or two per Export).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -58,6 +63,7 @@ static void exp__pump(exp_batcher_t *b);
 static void exp__attempt(exp_batcher_t *b);
 static void exp__on_kick(loop_t *loop, loop_timer_t *t, void *arg);
 static void exp__on_retry(loop_t *loop, loop_timer_t *t, void *arg);
+static void exp__on_poll(loop_t *loop, loop_timer_t *t, void *arg);
 
 static uint64_t exp__rand(exp_batcher_t *b)
 {
@@ -197,7 +203,23 @@ static void exp__finish_shutdown(exp_batcher_t *b)
     }
 }
 
+static void exp__pump_once(exp_batcher_t *b);
+
+/* Runs the processor, then stops the poll timer if polling is useless (a
+ * batch in flight, the queue full) or starts it again. */
 static void exp__pump(exp_batcher_t *b)
+{
+    exp__pump_once(b);
+    if (b->shut_called || b->stopping)
+        return;
+    bool idle_poll = b->busy && b->qlen >= b->s.queue_max;
+    if (idle_poll)
+        loop_timer_stop(b->loop, &b->poll);
+    else if (!loop_timer_active(&b->poll))
+        (void)loop_timer_start(b->loop, &b->poll, EXP_POLL_NS, EXP_POLL_NS, exp__on_poll, b);
+}
+
+static void exp__pump_once(exp_batcher_t *b)
 {
     if (b->shut_called)
         return;

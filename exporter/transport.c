@@ -49,7 +49,10 @@ int exp_grpc_send(void *tctx, const uint8_t *msg, size_t len, uint64_t timeout_n
         return -ENOMEM;
     call->done = done;
     call->arg = arg;
-    int rc = grpc_call_unary(g->ch, EXP_EXPORT_PATH, msg, len, g->gzip, timeout_ns, NULL, 0, exp__on_unary, call);
+    /* Borrowed: the batcher keeps msg (the encoder's buffer) untouched until
+     * done runs, retries included. */
+    int rc = grpc_call_unary_borrowed(g->ch, EXP_EXPORT_PATH, msg, len, g->gzip, timeout_ns, NULL, 0,
+                                      exp__on_unary, call);
     if (rc < 0)
         free(call);
     return rc;

@@ -129,6 +129,28 @@ static void run_until(loop_t *loop, exp_batcher_t *b, uint64_t want, int timeout
     loop_timer_stop(loop, &t);
 }
 
+/* Runs the loop until `want` spans were peeked (queued or already
+ * released) or timeout_ms.  A peek takes at most max_queue_size / lanes
+ * records from one lane, so a backlog in one lane takes several polls. */
+static void run_until_peeked(loop_t *loop, exp_batcher_t *b, uint64_t want, int timeout_ms)
+{
+    uint64_t end = loop_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    loop_timer_t t;
+    loop_timer_init(&t);
+    while (loop_now_ns() < end) {
+        loop_timer_start(loop, &t, 5000000ull, 0, on_stop, NULL);
+        loop_run(loop);
+        exp_stats_t st;
+        exp_batcher_stats(b, &st);
+        uint64_t seen = st.queue_len + st.spans_exported;
+        for (int r = 0; r < RING_DROP__COUNT; r++)
+            seen += st.spans_dropped[r];
+        if (seen >= want)
+            break;
+    }
+    loop_timer_stop(loop, &t);
+}
+
 static bool balanced(void)
 {
     ring_stats_t rs;
@@ -297,7 +319,9 @@ int main(void)
     exp_batcher_new(loop, ring, &s, &rp, fake_send, &f8, &b);
     f8.b = b;
     write_spans(1234);
-    run_until(loop, b, 1, 100); /* lets it peek; 1234 < ... first 2 full batches go */
+    /* lets it peek all of them (the first full batches may go meanwhile):
+     * shutdown exports what is queued, and peeks no more */
+    run_until_peeked(loop, b, 1234, 1000);
     stopped = false;
     exp_batcher_shutdown(b, stop_loop, loop);
     uint64_t t8 = loop_now_ns();
@@ -320,7 +344,7 @@ int main(void)
     exp_batcher_new(loop, ring, &s, &rp, fake_send, &f9, &b);
     f9.b = b;
     write_spans(600);
-    run_until(loop, b, 1, 50);
+    run_until_peeked(loop, b, 600, 1000);
     exp_batcher_shutdown(b, stop_loop, loop);
     uint64_t t9 = loop_now_ns();
     loop_run(loop);
