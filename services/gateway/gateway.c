@@ -30,6 +30,7 @@
  * listener and graceful shutdown on SIGTERM/SIGINT.  The other modules are
  * listed in gateway.h.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -114,6 +115,9 @@ static int gw_split_addr(const char *s, char *ip, size_t cap, uint16_t *port)
         memcpy(ip, s, n);
         ip[n] = '\0';
     }
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, ip, bin) != 1 && inet_pton(AF_INET6, ip, bin) != 1)
+        return -EINVAL; /* numeric only: the gRPC channel does not resolve names */
     *port = (uint16_t)p;
     return 0;
 }
@@ -192,13 +196,17 @@ int main(int argc, char **argv)
     const config_t *cfg = gw->cfg;
     char uip[64], oip[64];
     uint16_t uport, oport;
-    if (gw_split_addr(config_str(cfg, CONFIG_GATEWAY_USER_SVC), uip, sizeof uip, &uport) < 0 ||
-        gw_split_addr(config_str(cfg, CONFIG_GATEWAY_ORDER_SVC), oip, sizeof oip, &oport) < 0) {
-        gw_log("[gateway] user_svc/order_svc must be IP:PORT (got %s, %s)",
-               config_str(cfg, CONFIG_GATEWAY_USER_SVC), config_str(cfg, CONFIG_GATEWAY_ORDER_SVC));
-        config_free(gw->cfg);
-        free(gw);
-        return 2;
+    static const config_id_t addrs[] = {CONFIG_GATEWAY_USER_SVC, CONFIG_GATEWAY_ORDER_SVC};
+    char *ips[] = {uip, oip};
+    uint16_t *ports[] = {&uport, &oport};
+    for (size_t i = 0; i < 2; i++) {
+        if (gw_split_addr(config_str(cfg, addrs[i]), ips[i], sizeof uip, ports[i]) < 0) {
+            gw_log("%s: [gateway] %s = %s: want numeric-host:port, e.g. 127.0.0.1:50051 or [::1]:50051",
+                   config_origin(cfg, addrs[i]), config_key(addrs[i]), config_str(cfg, addrs[i]));
+            config_free(gw->cfg);
+            free(gw);
+            return 2;
+        }
     }
     if (check) {
         printf("ok\n");

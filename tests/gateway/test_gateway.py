@@ -453,5 +453,21 @@ st, h, b = curl(g, "/metrics")
 ok(st == 200, "served again once connections closed")
 g.stop()
 
+# --- upstream addresses: numeric host:port only (the gRPC channel does not
+# resolve names), refused by --check-config and at start naming file:line and key
+with tempfile.TemporaryDirectory() as d:
+    conf = os.path.join(d, "gw.conf")
+    with open(conf, "w") as f:
+        f.write("[gateway]\nuser_svc = 127.0.0.1:50052\norder_svc = orders.local:50051\n")
+    for args, what in ((["--check-config"], "--check-config"), ([], "start-up")):
+        p = subprocess.run([GW, "--config", conf] + args, capture_output=True, text=True, timeout=20)
+        ok(p.returncode == 2 and "gw.conf:3: [gateway] order_svc = orders.local:50051" in p.stderr,
+           "%s refuses a host name as order_svc, naming file:line and key (exit %d)" % (what, p.returncode),
+           p.stderr)
+    env = dict(os.environ, SHOP_GATEWAY_USER_SVC="[::1]:50052", SHOP_GATEWAY_ORDER_SVC="127.0.0.1:50051")
+    p = subprocess.run([GW, "--config", "/dev/null", "--check-config"], capture_output=True, text=True,
+                       timeout=20, env=env)
+    ok(p.returncode == 0, "--check-config accepts [::1]:PORT and IPv4:PORT from the environment", p.stderr)
+
 print("1..%d" % n_tests)
 sys.exit(1 if failed else 0)
