@@ -131,7 +131,7 @@ static void check_mode(const char *label)
 
 int main(void)
 {
-    char err[256];
+    char err[256] = "";
 
     setenv("SHOP_TRACE_CLOCK", "rdtsc-please", 1);
     trace_options_t o = {.service_name = "clock-test", .no_ring = true};

@@ -31,7 +31,7 @@ static void sink(void *arg, const void *rec, uint32_t len, bool truncated)
 
 int main(void)
 {
-    char err[256];
+    char err[256] = "";
     trace_sampler_t s;
     const int n = 200000;
 

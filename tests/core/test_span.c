@@ -225,7 +225,7 @@ static void test_limits(void)
 {
     static uint8_t buf[8192];
     static decoded_t d;
-    char err[256];
+    char err[256] = "";
     trace_limits_t l;
     trace_limits_default(&l);
     l.attr_count = 5;
@@ -300,7 +300,7 @@ static void test_limits(void)
 
 static void test_resource(void)
 {
-    char err[256];
+    char err[256] = "";
     setenv("OTEL_SERVICE_NAME", "env-svc", 1);
     setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,team=shop%20core", 1);
     trace_options_t o = {.no_ring = true, .service_name = "opt-svc", .service_version = "9.9"};

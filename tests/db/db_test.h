@@ -122,7 +122,7 @@ __attribute__((unused)) static const char *dbt_attr(const dbt_span_t *s, const c
 
 __attribute__((unused)) static int dbt_trace_init(void)
 {
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = "test-db", .no_ring = true, .sink = dbt_sink};
     int ret = trace_init(&o, err, sizeof err);
     if (ret != 0)

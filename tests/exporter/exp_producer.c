@@ -23,7 +23,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s RING_NAME SERVICE_NAME N\n", argv[0]);
         return 2;
     }
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = argv[2], .ring_name = argv[1], .create_ring = true};
     if (trace_init(&o, err, sizeof err) != 0) {
         fprintf(stderr, "exp_producer: trace_init: %s\n", err);

@@ -460,7 +460,7 @@ int main(int argc, char **argv)
                           .event_count = LIM_EVENTS, .link_count = LIM_LINKS,
                           .event_attr_count = LIM_EVENT_ATTRS, .link_attr_count = LIM_LINK_ATTRS};
     trace_sampler_t always;
-    char err[256];
+    char err[256] = "";
     if (trace_sampler_parse("always_on", NULL, &always, err, sizeof err) != 0) {
         fprintf(stderr, "span_writer: %s\n", err);
         return 1;

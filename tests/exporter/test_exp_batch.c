@@ -174,7 +174,7 @@ static exp_settings_t base(void)
 
 int main(void)
 {
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = "batch-test", .no_ring = true};
     if (!tap_check(trace_init(&o, err, sizeof err) == 0, "trace_init: %s", err))
         return tap_done();

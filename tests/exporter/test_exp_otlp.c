@@ -44,7 +44,7 @@ static const trace_scope_t scope_b = TRACE_SCOPE("shop.b", "2.0");
 
 int main(void)
 {
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = "otlp-test", .no_ring = true};
     if (!tap_check(trace_init(&o, err, sizeof err) == 0, "trace_init: %s", err))
         return tap_done();

@@ -190,7 +190,7 @@ typedef Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest re
 
 int main(void)
 {
-    char err[256];
+    char err[256] = "";
     trace_limits_t lim = {.attr_count = 24, .attr_value_len = 1000, .event_count = 5, .link_count = 3,
                           .event_attr_count = 4, .link_attr_count = 3};
     trace_sampler_t on = {.kind = TRACE_SAMPLER_ALWAYS_ON};

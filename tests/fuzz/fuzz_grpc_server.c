@@ -46,7 +46,7 @@ static void echo(grpc_server_call_t *call, const ProtobufCMessage *msg, void *ar
 static void init(void)
 {
     static const grpc_server_handler_cb handlers[] = {echo};
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = "fuzz", .no_ring = true};
     if (trace_init(&o, err, sizeof err) != 0 || loop_create(&g_loop, NULL) != 0 ||
         grpc_server_new(g_loop, NULL, &g_srv) != 0 ||

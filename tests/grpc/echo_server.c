@@ -184,7 +184,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = "echo-server", .no_ring = true, .sink = span_sink};
     if (trace_init(&o, err, sizeof err) != 0) {
         fprintf(stderr, "echo_server: trace_init: %s\n", err);

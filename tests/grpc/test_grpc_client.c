@@ -386,7 +386,7 @@ int main(int argc, char **argv)
         printf("Bail out! loop_create\n");
         return 1;
     }
-    char err[256];
+    char err[256] = "";
     grpc_channel_t *ch;
     int rc = grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port, NULL, &ch, err, sizeof err);
     tap_check(rc == 0, "grpc_channel_new plaintext: %d %s", rc, err);

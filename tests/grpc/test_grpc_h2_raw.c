@@ -132,7 +132,7 @@ static result_t run(uint16_t port, uint64_t keepalive_ns, uint64_t timeout_ns, g
     result_t r = {.status = -1};
     grpc_channel_opts_t o = {.keepalive_ns = keepalive_ns};
     grpc_channel_t *ch;
-    char err[128];
+    char err[128] = "";
     if (grpc_channel_new(g_loop, "127.0.0.1", port, &o, &ch, err, sizeof err) < 0)
         return r;
     static const uint8_t msg[3] = {1, 2, 3};

@@ -394,7 +394,7 @@ static const cspan_t *cspan_last(void)
 static void client_matrix(int port, const char *who)
 {
     grpc_channel_t *ch;
-    char err[256];
+    char err[256] = "";
     if (!tap_check(grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port, NULL, &ch, err, sizeof err) == 0,
                    "%s: channel: %s", who, err))
         return;
@@ -772,7 +772,7 @@ static void test_keepalive(void)
     if (!tap_check(port > 0, "keepalive: echo server with a 300 ms keepalive up"))
         return;
     grpc_channel_t *ch;
-    char err[256];
+    char err[256] = "";
     grpc_channel_opts_t o = {.keepalive_ns = 200 * MS};
     grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port, &o, &ch, err, sizeof err);
     Shop__Test__V1__EchoRequest req = SHOP__TEST__V1__ECHO_REQUEST__INIT;
@@ -827,7 +827,7 @@ static void test_sigterm(void)
     if (!tap_check(port > 0, "sigterm: second echo server up"))
         return;
     grpc_channel_t *ch;
-    char err[256];
+    char err[256] = "";
     grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)port, NULL, &ch, err, sizeof err);
     Shop__Test__V1__EchoRequest req = SHOP__TEST__V1__ECHO_REQUEST__INIT;
     req.delay_ms = 1500;
@@ -880,7 +880,7 @@ int main(int argc, char **argv)
     }
     snprintf(g_spans, sizeof g_spans, "%s/spans.txt", g_dir);
     snprintf(g_log, sizeof g_log, "%s/server.log", g_dir);
-    char err[256];
+    char err[256] = "";
     trace_options_t o = {.service_name = "test-grpc-server", .no_ring = true, .sink = sink};
     if (!tap_check(trace_init(&o, err, sizeof err) == 0, "trace_init with a span sink (%s)", err))
         return tap_done();

@@ -552,7 +552,7 @@ int main(int argc, char **argv)
     filebuf[strcspn(filebuf, "\n")] = 0;
     tap_check(strcmp(filebuf, mock.bootstrap) == 0, "the bootstrap file holds the same servers");
 
-    char err[256];
+    char err[256] = "";
     trace_options_t to = {.service_name = "test-kafka", .no_ring = true, .sink = sink};
     rc = trace_init(&to, err, sizeof err);
     if (!tap_check(rc == 0, "trace_init (sink): %s", rc ? err : "ok"))

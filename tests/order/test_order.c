@@ -175,7 +175,7 @@ static void on_health(const grpc_result_t *r, void *arg)
 static int health(uint16_t port, const char *service)
 {
     grpc_channel_t *ch;
-    char err[256];
+    char err[256] = "";
     if (grpc_channel_new(g_loop, "127.0.0.1", port, NULL, &ch, err, sizeof err) != 0)
         return -1000;
     Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
@@ -360,7 +360,7 @@ int main(int argc, char **argv)
 
     /* The ring first, so this process consumes what every service writes. */
     ring_geometry_t geo = {.lanes = 16, .max_record = 16384, .lane_size = 1u << 20};
-    char err[256];
+    char err[256] = "";
     if (!tap_check(ring_open(g_ring, &geo, true, &g_rg, err, sizeof err) == 0 &&
                        ring_consumer_open(g_rg, err, sizeof err) == 0,
                    "private span ring %s open as consumer", g_ring))

@@ -650,7 +650,7 @@ int main(int argc, char **argv)
         !tap_check(proc_start(&p_pay, cfg_args(), "listening on") == 0, "payment-svc: %s", p_pay.line) ||
         !tap_check(proc_start(&p_ord, cfg_args(), "listening on") == 0, "order-svc: %s", p_ord.line))
         return tap_done();
-    char err[256];
+    char err[256] = "";
     if (loop_create(&g_loop, NULL) != 0 ||
         grpc_channel_new(g_loop, "127.0.0.1", p_ord.port, NULL, &g_ch, err, sizeof err) != 0) {
         tap_check(0, "client channel: %s", err);

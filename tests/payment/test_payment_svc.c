@@ -172,7 +172,7 @@ static int g_nrs;
 
 static void drain_ring(void)
 {
-    char err[256];
+    char err[256] = "";
     ring_t *r;
     if (ring_open(g_ring, NULL, false, &r, err, sizeof err) != 0) {
         tap_diag("ring_open %s: %s", g_ring, err);
@@ -299,7 +299,7 @@ int main(int argc, char **argv)
 
     dbt_trace_init();
     loop_create(&g_loop, NULL);
-    char err[256];
+    char err[256] = "";
     grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)g_svc.port, NULL, &g_ch, err, sizeof err);
     http1c_client_new(g_loop, "127.0.0.1", (uint16_t)g_sim.port, NULL, &g_sim_http);
 

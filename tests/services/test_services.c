@@ -671,7 +671,7 @@ static void test_dead_pg(const char *rport)
     snprintf(g_conf, sizeof g_conf, "%s", saved);
     if (!tap_check(rc == 0, "inventory-svc starts with PostgreSQL unreachable"))
         return;
-    char err[256];
+    char err[256] = "";
     grpc_channel_t *ch;
     grpc_channel_new(g_loop, "127.0.0.1", (uint16_t)p.port, NULL, &ch, err, sizeof err);
     int st = health(ch);
@@ -745,7 +745,7 @@ int main(int argc, char **argv)
     fclose(f);
 
     /* the ring first: this test is its consumer (the services attach) */
-    char err[256];
+    char err[256] = "";
     ring_geometry_t geo = {.lanes = 8, .lane_size = 1u << 20, .max_record = 16384};
     rc = ring_open(g_ring_name, &geo, true, &g_ring, err, sizeof err);
     if (rc == 0)

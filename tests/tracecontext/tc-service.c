@@ -522,7 +522,7 @@ int main(int argc, char **argv)
     to.service_name = "tc-service";
     to.service_version = "0.1.0";
     to.no_ring = true;
-    char err[256];
+    char err[256] = "";
     if (trace_init(&to, err, sizeof err) < 0) {
         fprintf(stderr, "tc-service: trace_init: %s\n", err);
         return 1;
