@@ -13,7 +13,10 @@ No Docker engine or Kubernetes cluster runs here, so:
     Collector distribution with the otlp receiver, batch and memory_limiter processors and the
     otlp exporter the Collector config uses);
   - the Prometheus configs through `promtool check config`;
-  - deploy/shop.conf and each container's SHOP_*/OTEL_* environment through `shop-config check`;
+  - deploy/shop.conf and each container's SHOP_*/OTEL_* environment through each process's own
+    --check-config;
+  - the Dockerfile's meson options through `meson setup` here (every binary it copies must be a
+    target), and each runtime stage's packages against the libraries its binaries link;
   - the Kubernetes manifests through k8scheck (tools/go/k8scheck: strict decoding into the
     official k8s.io/api types; kubeconform would need its JSON schemas from the network), then
     structural checks (selectors, probes, resources, references, the ring's sharing).
@@ -517,6 +520,23 @@ def check_dockerfile(root, build):
             if lack:
                 probs.append(f'{name}: {b} links libraries of {lack}, which the image does not install')
     T.problems(probs, 'each runtime image installs the Debian packages of every library its binaries link (readelf NEEDED)')
+
+    # the build stage's own meson command configures here and defines every path it copies
+    text = open(path).read().replace('\\\n', ' ')
+    m = re.search(r'meson setup /build ([^&]*?)\s*&&', text)
+    copied = sorted(set(re.findall(r'/build/([A-Za-z0-9_./-]+)', text)))
+    if not T.ok(m is not None and len(copied) >= 9, 'the Dockerfile builds with meson setup /build and copies the binaries',
+                f'meson command found: {m is not None}; copied: {copied}'):
+        return
+    with tempfile.TemporaryDirectory(prefix='shop-dockersim-') as tmp:
+        rc, out = run(['meson', 'setup', os.path.join(tmp, 'build'), root] + m.group(1).split(), timeout=300)
+        if rc == 0:
+            rc2, tg = run(['ninja', '-C', os.path.join(tmp, 'build'), '-t', 'targets', 'all'])
+            targets = {l.split(':')[0] for l in tg.splitlines()}
+            lack = [c for c in copied if c not in targets]
+        T.ok(rc == 0 and not lack if rc == 0 else False,
+             f'the Dockerfile\'s meson options ({" ".join(m.group(1).split())}) configure, and build all {len(copied)} binaries it copies',
+             out[-1500:] if rc != 0 else f'not built with those options: {lack}')
 
     ign = os.path.join(root, 'deploy', 'Dockerfile.dockerignore')
     lines = open(ign).read().split() if os.path.exists(ign) else []
