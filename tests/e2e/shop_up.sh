@@ -12,11 +12,7 @@ set -uo pipefail
 ROOT="$(cd "${1:?usage: shop_up.sh SOURCE_ROOT}" && pwd)"
 SHOP="$ROOT/shop"
 GRPCURL="$ROOT/var/tools/bin/grpcurl"
-n=0 failed=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-check() { local what="$1"; shift; if "$@"; then ok "$what"; else not_ok "$what"; fi; }
-diag() { sed 's/^/# /'; }
+. "$ROOT/tests/e2e/e2e_lib.sh"
 
 [ -n "${SHOP_BUILD:-}" ] || { echo "1..0 # SKIP SHOP_BUILD is not set (meson test sets it)"; exit 0; }
 if [ ! -x "$ROOT/var/tools/bin/jaeger" ] || [ ! -x "$GRPCURL" ]; then
@@ -27,19 +23,7 @@ if [ ! -x "$SHOP_BUILD/services/order/order-svc" ]; then
   echo "1..0 # SKIP the services are not in this build yet (services/meson.build)"; exit 0
 fi
 
-port_taken() { [ -n "$(ss -ltnH "( sport = :$1 )" 2>/dev/null)" ]; }
-# A base with 21 free ports in a row, away from the defaults and below the kernel's
-# ephemeral range (32768-60999 here), where any outgoing connection could take a port
-# between the check and the bind.
-base=""
-lo_eph=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-slots=$(( (lo_eph - 21000 - 50) / 50 ))
-for _ in $(seq 1 50); do
-  b=$((21000 + (RANDOM % slots) * 50)); free=1
-  for o in $(seq 0 20); do port_taken $((b + o)) && { free=0; break; }; done
-  [ "$free" = 1 ] && { base=$b; break; }
-done
-[ -n "$base" ] || { echo "Bail out! no 21 free ports in a row"; exit 1; }
+base=$(free_port_base) || { echo "Bail out! no 21 free ports in a row"; exit 1; }
 
 STATE=$(mktemp -d /tmp/shop-up-e2e.XXXXXX)
 chmod 0711 "$STATE"

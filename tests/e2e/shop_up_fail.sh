@@ -9,28 +9,14 @@
 set -uo pipefail
 ROOT="$(cd "${1:?usage: shop_up_fail.sh SOURCE_ROOT}" && pwd)"
 SHOP="$ROOT/shop"
-n=0 failed=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-check() { local what="$1"; shift; if "$@"; then ok "$what"; else not_ok "$what"; fi; }
-diag() { sed 's/^/# /'; }
+. "$ROOT/tests/e2e/e2e_lib.sh"
 
 [ -n "${SHOP_BUILD:-}" ] || { echo "1..0 # SKIP SHOP_BUILD is not set (meson test sets it)"; exit 0; }
 if [ ! -x "$ROOT/var/tools/bin/jaeger" ] || [ ! -x "$SHOP_BUILD/services/order/order-svc" ]; then
   echo "1..0 # SKIP Jaeger or the services are not built (./shop test builds them)"; exit 0
 fi
 
-port_taken() { [ -n "$(ss -ltnH "( sport = :$1 )" 2>/dev/null)" ]; }
-# 21 free ports in a row below the ephemeral range (see shop_up.sh).
-base=""
-lo_eph=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-slots=$(( (lo_eph - 21000 - 50) / 50 ))
-for _ in $(seq 1 50); do
-  b=$((21000 + (RANDOM % slots) * 50)); free=1
-  for o in $(seq 0 20); do port_taken $((b + o)) && { free=0; break; }; done
-  [ "$free" = 1 ] && { base=$b; break; }
-done
-[ -n "$base" ] || { echo "Bail out! no 21 free ports in a row"; exit 1; }
+base=$(free_port_base) || { echo "Bail out! no 21 free ports in a row"; exit 1; }
 
 STATE=$(mktemp -d /tmp/shop-up-fail.XXXXXX)
 chmod 0711 "$STATE"
