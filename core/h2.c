@@ -23,6 +23,11 @@
  * stream) so a response of the maximum message size is not throttled by
  * the default 64 KiB round trips.
  *
+ * PING ACKs are ours to send (nghttp2's automatic ACK is off): an ACK
+ * waits for the next frames the hook writes, H2__ACK_HOLD_NS at most, so
+ * the PING a gRPC server sends after reading each request rides with the
+ * next request instead of costing a write of its own.
+ *
  * TLS (optional): OpenSSL runs over two memory BIOs, never over the
  * socket, so the loop keeps owning all I/O: received bytes are written
  * into the read BIO and pulled out with SSL_read(); our frames go through
@@ -54,6 +59,7 @@
 #define H2__STREAM_WINDOW (4 << 20)      /* our per-stream receive window */
 #define H2__WBUF_MIN 16384u               /* smallest write buffer */
 #define H2__WBUF_SPARE 2                  /* write buffers kept for reuse */
+#define H2__ACK_HOLD_NS 20000000ull      /* longest a PING ACK waits for other frames */
 
 typedef enum {
     H2__CONNECTING = 1,
@@ -101,6 +107,9 @@ struct st_h2_conn_t {
     uint64_t last_rx_ns;
     bool ping_outstanding;
     loop_timer_t ka_timer;
+    bool ack_held;            /* a peer PING waits for its ACK (ack_opaque) */
+    uint8_t ack_opaque[8];
+    loop_timer_t ack_timer;   /* sends a held ACK after H2__ACK_HOLD_NS */
     h2__stream_t streams; /* list head (sentinel) */
     SSL_CTX *tls;         /* borrowed; NULL = plaintext */
     SSL *ssl;             /* owns its two memory BIOs */
@@ -211,6 +220,7 @@ static void h2__down(h2_conn_t *h, int status)
         return;
     h->state = H2__DOWN;
     loop_timer_stop(h->loop, &h->ka_timer);
+    loop_timer_stop(h->loop, &h->ack_timer);
     if (h->hooked) {
         loop_hook_remove(h->loop, h2__hook, h);
         h->hooked = false;
@@ -280,6 +290,28 @@ static int h2__send(h2_conn_t *h, const uint8_t *data, size_t len)
     return h2__tls_flush(h);
 }
 
+/* Queues the held PING ACK (h2__cb_frame_recv); the hook writes it.
+ * Returns 0, or -ENOMEM after tearing the connection down. */
+static int h2__ack_send(h2_conn_t *h)
+{
+    h->ack_held = false;
+    loop_timer_stop(h->loop, &h->ack_timer);
+    if (nghttp2_submit_ping(h->ng, NGHTTP2_FLAG_ACK, h->ack_opaque) != 0) {
+        h2__down(h, -ENOMEM);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static void h2__ack_tick(loop_t *loop, loop_timer_t *t, void *arg)
+{
+    (void)loop;
+    (void)t;
+    h2_conn_t *h = arg;
+    if (h->state == H2__OPEN && h->ack_held)
+        (void)h2__ack_send(h);
+}
+
 static void h2__hook(loop_t *loop, void *arg)
 {
     (void)loop;
@@ -288,6 +320,9 @@ static void h2__hook(loop_t *loop, void *arg)
         return;
     if (loop_conn_write_queued(h->conn) > H2__MAX_QUEUED)
         return; /* the write completion brings us back */
+    /* A held PING ACK leaves with the next frames (h2__cb_frame_recv). */
+    if (h->ack_held && nghttp2_session_want_write(h->ng) && h2__ack_send(h) < 0)
+        return;
     for (;;) {
         const uint8_t *data;
         /* DATA frames are appended by h2__cb_send_data from in here */
@@ -464,6 +499,20 @@ static int h2__cb_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, vo
             h->cbs.on_goaway(h, frame->goaway.last_stream_id, frame->goaway.error_code, h->arg);
     } else if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK)) {
         h->ping_outstanding = false;
+    } else if (frame->hd.type == NGHTTP2_PING) {
+        /* The ACK is ours to send (no_auto_ping_ack): it is held until
+         * the hook has other frames to write, or H2__ACK_HOLD_NS at most.
+         * grpc-go sends a WINDOW_UPDATE and a PING (its BDP probe) right
+         * after reading each request; answered at once, that PING costs
+         * a write of its own per call, held it leaves with the next
+         * request's frames.  A second PING releases the first ACK. */
+        if (h->ack_held && nghttp2_submit_ping(ng, NGHTTP2_FLAG_ACK, h->ack_opaque) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        memcpy(h->ack_opaque, frame->ping.opaque_data, sizeof h->ack_opaque);
+        h->ack_held = true;
+        if (!loop_timer_active(&h->ack_timer) &&
+            loop_timer_start(h->loop, &h->ack_timer, H2__ACK_HOLD_NS, 0, h2__ack_tick, h) < 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     return 0;
 }
@@ -558,7 +607,15 @@ static int h2__session_new(h2_conn_t *h)
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, h2__cb_stream_close);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, h2__cb_frame_recv);
     nghttp2_session_callbacks_set_send_data_callback(cbs, h2__cb_send_data);
-    rc = nghttp2_session_client_new(&h->ng, cbs, h);
+    nghttp2_option *opt;
+    rc = nghttp2_option_new(&opt);
+    if (rc != 0) {
+        nghttp2_session_callbacks_del(cbs);
+        return -ENOMEM;
+    }
+    nghttp2_option_set_no_auto_ping_ack(opt, 1); /* h2__cb_frame_recv holds it */
+    rc = nghttp2_session_client_new2(&h->ng, cbs, h, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0)
         return -ENOMEM;
@@ -659,6 +716,7 @@ int h2_conn_connect(loop_t *loop, const char *ip, uint16_t port, uint64_t connec
     snprintf(h->tls_name, sizeof h->tls_name, "%s", tls_name ? tls_name : ip);
     h->streams.next = h->streams.prev = &h->streams;
     loop_timer_init(&h->ka_timer);
+    loop_timer_init(&h->ack_timer);
     int rc = loop_connect(loop, ip, port, connect_timeout_ns, h2__on_connect, h, &h->conn);
     if (rc < 0) {
         free(h);

@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,6 +378,11 @@ int main(int argc, char **argv)
         return 2;
     }
     int port = atoi(argv[1]);
+    /* Bench experiments: answer each Export after OTLP_SINK_DELAY_US
+     * (Jaeger takes ~1 ms), with a PING first when OTLP_SINK_PING=1. */
+    const char *dv = getenv("OTLP_SINK_DELAY_US");
+    unsigned delay_us = dv ? (unsigned)atoi(dv) : 0;
+    bool ping = getenv("OTLP_SINK_PING") && atoi(getenv("OTLP_SINK_PING")) == 1;
     st.expect = argc > 2 ? strtoull(argv[2], NULL, 10) : 0;
     st.pidfile = argc > 3 ? argv[3] : NULL;
     struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: a blocking read returns EINTR */
@@ -431,7 +437,18 @@ int main(int argc, char **argv)
                 continue;
             if (n <= 0)
                 break;
-            if (nghttp2_session_mem_recv(ses, rbuf, (size_t)n) < 0 || sink_flush(ses, fd) != 0)
+            uint64_t calls0 = st.calls;
+            if (nghttp2_session_mem_recv(ses, rbuf, (size_t)n) < 0)
+                break;
+            if (st.calls != calls0 && delay_us > 0) {
+                if (ping) { /* what grpc-go does on reading a request: a PING first */
+                    static const uint8_t pf[17] = {0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+                    if (write(fd, pf, sizeof pf) != (ssize_t)sizeof pf)
+                        break;
+                }
+                usleep(delay_us);
+            }
+            if (sink_flush(ses, fd) != 0)
                 break;
         }
         sink_flush(ses, fd);

@@ -2,7 +2,9 @@
  * tests/grpc/test_grpc_h2_raw.c - the gRPC client against a hand-written
  * HTTP/2 peer, for what a well-behaved gRPC server never sends: a :status
  * without grpc-status (HTTP-to-gRPC mapping), GOAWAY before processing,
- * RST_STREAM codes, and keepalive PINGs (answered or not).
+ * RST_STREAM codes, keepalive PINGs (answered or not), and a server that
+ * PINGs on reading a request and answers only after the ACK (the client
+ * holds PING ACKs for its next frames, but never for long).
  *
  * The peer is a thread with blocking sockets: it reads the client preface
  * and frames, and answers the first HEADERS frame as the case says.
@@ -31,6 +33,7 @@ typedef enum {
     MODE_RST,          /* RST_STREAM g_rst */
     MODE_SILENT_ACK,   /* never answers the call; ACKs PINGs */
     MODE_SILENT_NOACK, /* never answers anything */
+    MODE_PING_FIRST,   /* PINGs on the request, answers <g_hpack> after the ACK */
 } mode_t_;
 
 static _Atomic int g_mode;
@@ -38,6 +41,7 @@ static uint8_t g_hpack[8];
 static _Atomic size_t g_hpack_len;
 static _Atomic uint32_t g_rst;
 static _Atomic int g_pings;
+static _Atomic int g_acks; /* ACKs of MODE_PING_FIRST's PING */
 static int g_lfd;
 static loop_t *g_loop;
 
@@ -63,6 +67,8 @@ static void frame(int fd, uint8_t type, uint8_t flags, uint32_t sid, const uint8
 
 static void serve(int fd)
 {
+    static const uint8_t opaque[8] = {'s', 'h', 'o', 'p', 'p', 'i', 'n', 'g'};
+    uint32_t waiting = 0; /* MODE_PING_FIRST: the stream answered after the ACK */
     uint8_t pre[24], hdr[9], *p = malloc(1 << 20);
     if (read_full(fd, pre, 24) < 0)
         goto out;
@@ -81,8 +87,16 @@ static void serve(int fd)
             if (g_mode != MODE_SILENT_NOACK)
                 frame(fd, 6, 1, 0, p, len);
         }
+        if (hdr[3] == 6 && (hdr[4] & 1) && len == 8 && memcmp(p, opaque, 8) == 0 && waiting) {
+            g_acks++;
+            frame(fd, 1, 0x5, waiting, g_hpack, g_hpack_len);
+            waiting = 0;
+        }
         if (hdr[3] == 1) {
-            if (g_mode == MODE_STATUS) {
+            if (g_mode == MODE_PING_FIRST) {
+                frame(fd, 6, 0, 0, opaque, 8);
+                waiting = sid;
+            } else if (g_mode == MODE_STATUS) {
                 frame(fd, 1, 0x5, sid, g_hpack, g_hpack_len); /* END_STREAM | END_HEADERS */
             } else if (g_mode == MODE_GOAWAY) {
                 uint8_t ga[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* last-stream-id 0, NO_ERROR */
@@ -185,6 +199,16 @@ int main(void)
     set_status(s200, sizeof s200);
     r = run(port, 0, 2000 * MS, NULL);
     tap_check(r.status == GRPC_STATUS_UNKNOWN, ":status 200 without grpc-status -> %s", grpc_status_name(r.status));
+
+    /* The client holds a PING ACK while a call waits, to send it with its
+     * next frames; a server that waits for the ACK still gets it. */
+    set_status(s404, sizeof s404);
+    g_mode = MODE_PING_FIRST;
+    uint64_t tp = loop_now_ns();
+    r = run(port, 0, 2000 * MS, NULL);
+    tap_check(r.status == GRPC_STATUS_UNIMPLEMENTED && g_acks == 1 && (r.t - tp) / MS < 1000,
+              "server answering only after its PING is ACKed: %s after %llu ms, %d ACK", grpc_status_name(r.status),
+              (unsigned long long)((r.t - tp) / MS), (int)g_acks);
 
     grpc_channel_stats_t st;
     g_mode = MODE_GOAWAY;
