@@ -399,7 +399,8 @@ static void run_mode(bool fallback)
         int crcv;
         const char *name;
     } big[] = {{false, 0, "default buffers"},
-               {true, 0, "server SO_SNDBUF 16 KiB"}};
+               {true, 0, "server SO_SNDBUF 16 KiB"},
+               {false, 131072, "client SO_RCVBUF 128 KiB"}};
     for (size_t b = 0; b < sizeof big / sizeof big[0]; b++) {
         memset(&S, 0, sizeof S);
         S.small_sndbuf = big[b].small;
@@ -416,10 +417,17 @@ static void run_mode(bool fallback)
         tap_check(cl.bad == 0, "%s: 16 MiB up and 16 MiB down, byte for byte (%s)", m, big[b].name);
         tap_check(k1.bytes_in - k0.bytes_in == BIG && k1.bytes_out - k0.bytes_out == BIG,
                   "%s: counters saw 16 MiB in and out (%s)", m, big[b].name);
-        /* With 16 KiB buffers the send cap keeps most sends whole. */
-        tap_check(b > 0 || k1.partial_sends > k0.partial_sends,
-                  "%s: partial sends happened and were resumed (%llu, %s)", m,
-                  (unsigned long long)(k1.partial_sends - k0.partial_sends), big[b].name);
+        /* A reader with a 128 KiB receive buffer keeps the server's socket
+         * full, so sends come back short and must be resumed; with the
+         * other buffers that happens only now and then (the send cap keeps
+         * most sends whole), so only the count is shown there. */
+        if (b == 2)
+            tap_check(k1.partial_sends > k0.partial_sends,
+                      "%s: partial sends happened and were resumed (%llu, %s)", m,
+                      (unsigned long long)(k1.partial_sends - k0.partial_sends), big[b].name);
+        else
+            tap_diag("%s: %llu partial sends (%s)", m,
+                     (unsigned long long)(k1.partial_sends - k0.partial_sends), big[b].name);
     }
     S.small_sndbuf = false;
     client_rcvbuf = 0;
