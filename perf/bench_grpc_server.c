@@ -42,11 +42,11 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "drain.h"
 #include "grpc.h"
 #include "shop/test/v1/echo.pb-c.h"
 
 #define BENCH_GRPC_MS 1000000ull
-#define BENCH_GRPC_BATCH 256
 #define BENCH_GRPC_META_MAX 64
 
 static loop_t *bench_grpc_loop;
@@ -78,39 +78,7 @@ static int bench_grpc__drain(const char *name)
         if (r) ring_close(r);
         return 1;
     }
-    uint64_t ok = 0, bad = 0;
-    ring_record_t recs[BENCH_GRPC_BATCH];
-    for (;;) {
-        int n = ring_consumer_peek(r, recs, BENCH_GRPC_BATCH);
-        if (n > 0) {
-            uint64_t nbad = 0;
-            for (int i = 0; i < n; i++) {
-                span_record_t sr;
-                span_record_item_t it;
-                uint32_t off = 0;
-                int irc = span_record_decode(recs[i].data, recs[i].len, &sr);
-                if (irc == 0)
-                    while ((irc = span_record_next(sr.items, sr.items_len, &off, &it)) == 1) {}
-                if (irc != 0) nbad++;
-            }
-            ring_consumer_release(r, (uint64_t)n, (uint64_t)n - nbad, RING_DROP_CORRUPT);
-            ok += (uint64_t)n - nbad;
-            bad += nbad;
-            continue;
-        }
-        if (bench_grpc_drain_stop) break;
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
-    }
-    ring_stats_t st;
-    ring_stats(r, &st);
-    fprintf(stderr,
-            "bench_grpc_server: drain: %llu spans drained, %llu invalid; ring: written %llu, exported %llu, "
-            "dropped full %llu, in ring %llu\n",
-            (unsigned long long)ok, (unsigned long long)bad, (unsigned long long)st.written,
-            (unsigned long long)st.exported, (unsigned long long)st.dropped[RING_DROP_FULL],
-            (unsigned long long)st.in_ring);
-    ring_close(r);
+    perf_drain(r, "bench_grpc_server: drain", &bench_grpc_drain_stop);
     return 0;
 }
 

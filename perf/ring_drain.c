@@ -20,8 +20,7 @@
 #include <time.h>
 
 #include "core.h"
-
-#define RING_DRAIN_BATCH 256
+#include "drain.h"
 
 static volatile sig_atomic_t ring_drain_stop;
 
@@ -70,41 +69,6 @@ int main(int argc, char **argv)
             ring_close(r);
         return 1;
     }
-    uint64_t ok = 0, bad = 0;
-    ring_record_t recs[RING_DRAIN_BATCH];
-    for (;;) {
-        int n = ring_consumer_peek(r, recs, RING_DRAIN_BATCH);
-        if (n > 0) {
-            uint64_t nbad = 0;
-            for (int i = 0; i < n; i++) {
-                span_record_t sr;
-                span_record_item_t it;
-                uint32_t off = 0;
-                int irc = span_record_decode(recs[i].data, recs[i].len, &sr);
-                if (irc == 0)
-                    while ((irc = span_record_next(sr.items, sr.items_len, &off, &it)) == 1) {
-                    }
-                if (irc != 0)
-                    nbad++;
-            }
-            ring_consumer_release(r, (uint64_t)n, (uint64_t)n - nbad, RING_DROP_CORRUPT);
-            ok += (uint64_t)n - nbad;
-            bad += nbad;
-            continue;
-        }
-        if (ring_drain_stop)
-            break;
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
-    }
-    ring_stats_t st;
-    ring_stats(r, &st);
-    fprintf(stderr,
-            "ring_drain: %llu spans drained, %llu invalid; ring: written %llu, exported %llu, "
-            "dropped full %llu, in ring %llu\n",
-            (unsigned long long)ok, (unsigned long long)bad, (unsigned long long)st.written,
-            (unsigned long long)st.exported, (unsigned long long)st.dropped[RING_DROP_FULL],
-            (unsigned long long)st.in_ring);
-    ring_close(r);
+    perf_drain(r, "ring_drain", &ring_drain_stop);
     return 0;
 }

@@ -159,6 +159,35 @@ __attribute__((unused)) static int proc_stop(proc_t *p, int sig)
     return 137;
 }
 
+/* ------------------------------------------------------------ database */
+
+/* Starts a private PostgreSQL in DIR/pg with the harness, applies the
+ * migrations in mdir and the seed file with shop-migrate, and connects g_db.
+ * conninfo (cap bytes) receives the server's.  Each step is a TAP check;
+ * returns false at the first that fails. */
+__attribute__((unused)) static bool ot_start_db(const char *harness, const char *dir, const char *migrate,
+                                                const char *mdir, const char *seed, char *conninfo, size_t cap)
+{
+    char cmd[1600];
+    snprintf(cmd, sizeof cmd, "'%s' start '%s/pg'", harness, dir);
+    FILE *f = popen(cmd, "r");
+    bool got = f && fgets(conninfo, (int)cap, f);
+    if (f)
+        pclose(f);
+    if (!got) {
+        tap_check(0, "private PostgreSQL started");
+        return false;
+    }
+    conninfo[strcspn(conninfo, "\n")] = '\0';
+    snprintf(cmd, sizeof cmd, "'%s' --conninfo '%s' --dir '%s' --seed-file '%s' up >/dev/null && "
+             "'%s' --conninfo '%s' --dir '%s' --seed-file '%s' seed >/dev/null",
+             migrate, conninfo, mdir, seed, migrate, conninfo, mdir, seed);
+    if (!tap_check(system(cmd) == 0, "shop-migrate up + seed"))
+        return false;
+    g_db = PQconnectdb(conninfo);
+    return tap_check(PQstatus(g_db) == CONNECTION_OK, "test connection to PostgreSQL");
+}
+
 /* ------------------------------------------------------------ SQL */
 
 __attribute__((unused)) static long long sql_int(const char *q)

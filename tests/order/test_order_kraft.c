@@ -555,22 +555,8 @@ int main(int argc, char **argv)
     atexit(cleanup);
 
     /* PostgreSQL, schema, seed, test products. */
-    char cmd[1600], conninfo[256];
-    snprintf(cmd, sizeof cmd, "'%s' start '%s/pg'", g_harness, g_dir);
-    FILE *f = popen(cmd, "r");
-    if (!f || !fgets(conninfo, sizeof conninfo, f)) {
-        tap_check(0, "private PostgreSQL started");
-        return tap_done();
-    }
-    pclose(f);
-    conninfo[strcspn(conninfo, "\n")] = '\0';
-    snprintf(cmd, sizeof cmd, "'%s' --conninfo '%s' --dir '%s' --seed-file '%s' up >/dev/null && "
-             "'%s' --conninfo '%s' --dir '%s' --seed-file '%s' seed >/dev/null",
-             argv[2], conninfo, argv[3], argv[4], argv[2], conninfo, argv[3], argv[4]);
-    if (!tap_check(system(cmd) == 0, "shop-migrate up + seed"))
-        return tap_done();
-    g_db = PQconnectdb(conninfo);
-    if (!tap_check(PQstatus(g_db) == CONNECTION_OK, "test connection to PostgreSQL"))
+    char conninfo[256];
+    if (!ot_start_db(g_harness, g_dir, argv[2], argv[3], argv[4], conninfo, sizeof conninfo))
         return tap_done();
     sql_exec("INSERT INTO products (id, name, price_cents, stock) VALUES "
              "('tk-main', 'main', 500, 1000), ('tk-down', 'down', 700, 100)");
