@@ -374,8 +374,15 @@ int main(int argc, char **argv)
     const proc_t *hs[] = {&p_inv, &p_pay, &p_ord};
     const char *hnames[] = {"shop.v1.InventoryService", "shop.v1.PaymentService", "shop.v1.OrderService"};
     for (int i = 0; i < 3; i++) {
-        int whole = health(hs[i]->port, ""), own = health(hs[i]->port, hnames[i]),
-            other = health(hs[i]->port, "shop.v1.NoSuchService");
+        /* "listening on" comes before the PostgreSQL pool connects; until
+         * it has, the service answers NOT_SERVING, as a readiness probe
+         * should see it. */
+        int whole = health(hs[i]->port, "");
+        for (int t = 0; t < 100 && whole == 2; t++) {
+            usleep(50000);
+            whole = health(hs[i]->port, "");
+        }
+        int own = health(hs[i]->port, hnames[i]), other = health(hs[i]->port, "shop.v1.NoSuchService");
         tap_check(whole == 1 && own == 1 && other == -GRPC_STATUS_NOT_FOUND,
                   "%s grpc.health.v1.Health/Check: SERVING for \"\" and %s, NOT_FOUND for an unknown "
                   "service (%d %d %d)", hs[i]->name, hnames[i], whole, own, other);
