@@ -285,6 +285,8 @@ static pg__req_t *pg__req_new(pg_pool_t *p, pg__kind_t kind, const char *sql, in
         r->sql_hash = h;
     }
     loop_timer_init(&r->timer);
+    if (o != NULL && o->untraced)
+        return r; /* r->span stays zero: not recording, its end writes nothing */
 
     /* Span name per semconv v1.37: "{db.operation.name} {target}", else the
      * operation, else db.system.name. */

@@ -33,7 +33,8 @@
  *    away when pg_query returns.
  *  - Spans: a CLIENT span starts in pg_query (queue time included) and ends
  *    right before the callback runs.  db.query.text is the parameterised
- *    text as given ($1, $2 ...): values are never put in the span.
+ *    text as given ($1, $2 ...): values are never put in the span.  None
+ *    with pg_query_opts_t.untraced.
  * ------------------------------------------------------------------------
  */
 #ifndef SHOP_CORE_PG_H
@@ -104,6 +105,8 @@ typedef struct {
     bool prepare;                   /* prepare the statement once per connection (named after a
                                      * hash of its text) and execute it by name afterwards: no
                                      * parse and plan per call, for statements run often */
+    bool untraced;                  /* no span: for background polls, which would otherwise
+                                     * each make a trace of their own in the trace store */
 } pg_query_opts_t;
 
 typedef struct {

@@ -51,6 +51,7 @@ typedef struct st_relay_row_t {
     int64_t id;
     char id_s[24];
     char agg[72];
+    char traceparent[56]; /* the PRODUCER span's context (parent of the UPDATE); "" if none */
     bool settled;        /* delivery reported and its UPDATE finished */
     uint64_t settled_at; /* relay->polls when it settled */
 } relay_row_t;
@@ -178,7 +179,12 @@ static void relay_on_delivery(kafka_t *k, const kafka_report_t *rep, void *arg)
         return;
     }
     int ret;
-    pg_query_opts_t q = {.operation = "UPDATE", .collection = "outbox"};
+    /* The UPDATE belongs to the order's trace, under the PRODUCER span
+     * whose delivery it records (no trace of its own per event). */
+    trace_context_t parent;
+    bool has_parent = x->traceparent[0] != '\0' &&
+                      trace_w3c_traceparent_parse(x->traceparent, strlen(x->traceparent), &parent) == 0;
+    pg_query_opts_t q = {.operation = "UPDATE", .collection = "outbox", .parent = has_parent ? &parent : NULL};
     if (rep->status == 0) {
         r->c.relay_sent++;
         const char *v[] = {x->id_s};
@@ -261,7 +267,7 @@ static void relay_on_rows(pg_pool_t *p, int st, const PGresult *res, const char 
                              .value_len = (size_t)PQgetlength(res, i, 4),
                              .parent = has_link ? &link : NULL,
                              .link = has_link ? &link : NULL};
-        int ret = kafka_produce(r->kafka, &m, relay_on_delivery, x, NULL);
+        int ret = kafka_produce(r->kafka, &m, relay_on_delivery, x, x->traceparent);
         if (ret != 0) {
             /* Refused at once (queue full, ...): the row stays unsent. */
             fprintf(stderr, "order-svc: relay: produce outbox row %s: %s\n", x->id_s, strerror(-ret));
@@ -292,9 +298,11 @@ static void relay_poll(order_relay_t *r)
     char lim[16];
     snprintf(lim, sizeof lim, "%u", r->batch);
     const char *v[] = {lim};
-    /* No span parent: the relay's polls are their own (tiny) traces only
-     * when sampled; the PRODUCER spans belong to the orders' traces. */
-    pg_query_opts_t q = {.operation = "SELECT", .collection = "outbox"};
+    /* Not traced: a poll every relay_poll_ms would put a trace of its own
+     * into the trace store each time (18,000 an hour at 200 ms), burying
+     * the orders' traces in searches.  What a poll finds is traced: the
+     * PRODUCER span and its UPDATE, in the order's trace. */
+    pg_query_opts_t q = {.operation = "SELECT", .collection = "outbox", .untraced = true};
     int ret = pg_query(r->pool,
                        "SELECT id, aggregate_id, topic, key, payload::text, coalesce(traceparent, '') "
                        "FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",

@@ -684,7 +684,24 @@ int main(int argc, char **argv)
                 hdr++;
         tap_check(hdr == 1, "the happy order's event carries traceparent %s (the order's trace id, the "
                   "PRODUCER span's id)", want);
+        tap_check(prod && span_find(tid, prod->span, "UPDATE outbox", TRACE_KIND_CLIENT),
+                  "trace: the relay's 'UPDATE outbox' (marking the event sent) is under the PRODUCER span");
     }
+    /* The relay polled every relay_poll_ms throughout the test: no poll
+     * made a span (each would be a trace of its own in the store), and no
+     * 'UPDATE outbox' span started a trace. */
+    int polls = 0, root_updates = 0, updates = 0;
+    static const uint8_t zero8[8];
+    for (int i = 0; i < g_nsp; i++) {
+        polls += strcmp(g_sp[i].name, "SELECT outbox") == 0;
+        if (strcmp(g_sp[i].name, "UPDATE outbox") == 0) {
+            updates++;
+            root_updates += memcmp(g_sp[i].parent, zero8, 8) == 0;
+        }
+    }
+    tap_check(polls == 0 && updates >= 6 && root_updates == 0,
+              "trace: no span for the relay's polls (%d), every 'UPDATE outbox' inside an order's trace "
+              "(%d of %d at the root)", polls, root_updates, updates);
 
     /* 14. Graceful stop with a CreateOrder in flight: payment-svc is
      * stopped (SIGSTOP), so the saga waits in ProcessPayment when SIGTERM
