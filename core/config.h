@@ -132,6 +132,8 @@ typedef enum {
       "role to connect as; the password comes from PGPASSWORD or ~/.pgpass, never this file") \
     X(POSTGRES_POOL_SIZE, "postgres", "pool_size", CONFIG_T_INT, "4", 1, 256, NULL, "",       \
       "connections each service process keeps open")                                         \
+    X(POSTGRES_PIPELINE_DEPTH, "postgres", "pipeline_depth", CONFIG_T_INT, "8", 1, 64, NULL,  \
+      "", "statements in flight on one connection (libpq pipeline mode; 1 = one at a time)") \
     X(POSTGRES_STATEMENT_TIMEOUT, "postgres", "statement_timeout", CONFIG_T_INT, "5000", 0,   \
       3600000, NULL, "", "ms the server lets one statement run (0 = no limit)")              \
     X(POSTGRES_CONNECT_TIMEOUT, "postgres", "connect_timeout", CONFIG_T_INT, "5000", 100,     \

@@ -6,25 +6,50 @@
  *  - each connection is a state machine (DOWN -> CONNECTING -> READY ->
  *    DOWN on loss), driven by loop_watch_* readiness on libpq's socket and
  *    one loop timer (connect timeout or reconnect backoff);
- *  - requests wait in the pool's FIFO (or their transaction's FIFO) and are
- *    sent by pg__pump() to a READY connection with nothing in flight: one
- *    statement per connection at a time;
+ *  - every connection runs in libpq's pipeline mode (entered after each
+ *    connect): up to pg_options_t.pipeline_depth statements in flight, in
+ *    the connection's FIFO (c->pipe), answered in order.  Each statement is
+ *    followed by its own sync (PQpipelineSync), so each is its own implicit
+ *    transaction segment: a failing statement fails alone, the ones before
+ *    and after it in the pipeline still run.  Its results are read with
+ *    PQgetResult until NULL, then its PGRES_PIPELINE_SYNC closes it;
+ *  - requests wait in the pool's FIFO (or their transaction's FIFO);
+ *    pg__pump() gives each to the least-loaded READY connection with room,
+ *    so a request waits in the FIFO only while every connection holds
+ *    pipeline_depth statements, and flushes each connection once per pass;
+ *  - a connection owned by a transaction (BEGIN sent) takes no pooled
+ *    statements, and the transaction's statements go one at a time;
  *  - the API never completes a request itself: it queues and arms the
  *    pool's zero-delay "kick" timer, whose callback sends and delivers, so
  *    no callback runs inside pg_query & co;
  *  - a timed-out in-flight request is reported at once and "abandoned": it
- *    stays on its connection until the server's answer (the cancel error)
- *    arrives and is dropped, so the connection stays usable.
+ *    stays in its connection's FIFO until the server's answer arrives and is
+ *    dropped, so the statements behind it keep their places.  PQcancel is
+ *    sent only when it is the statement the server runs (first in flight,
+ *    its results not complete yet): a cancel hits whatever runs.
+ *
+ * Limits, admitted: a slow statement delays the ones queued behind it on
+ * its connection (head-of-line; the least-loaded choice and
+ * query_timeout_ms bound it).  A cancel that reaches the server just after
+ * the timed-out statement finished hits the next one in the pipeline,
+ * which then fails with PG_ERR_TIMEOUT (57014); with one statement at a
+ * time the same race hit the next statement sent.  libpq 15's
+ * PQpipelineSync flushes, so each statement is still one send(); libpq 17's
+ * PQsendPipelineSync (used when the header has it) leaves the flush to the
+ * one PQflush per connection and pump pass.  The gain is on the receiving
+ * side: one read returns many answers, and the server reads many statements
+ * per wake-up.
  *
  * Prepared statements (pg_query_opts_t.prepare): the first time a session
- * runs one, PREPARE is sent alone and the execution follows from
- * pg__finish_cur, on the same connection, without going back to a queue.
+ * runs one, PREPARE + sync is put into the pipeline and the execution by
+ * name + sync right behind it.  The name counts as prepared from then on,
+ * so requests behind it execute by name without a second PREPARE.  If the
+ * PREPARE fails, its request reports that error (its execution's answer,
+ * 26000, is dropped) and the name is forgotten; executions of the same
+ * statement already queued behind it fail with 26000.
  *
- * Pipeline mode is not used: the pool already runs N statements at once on
- * N connections, and one-statement-at-a-time keeps the error semantics
- * simple (in a pipeline, one failed statement aborts the rest of the batch
- * up to the next sync, and a timeout cancel would hit whichever statement
- * is running).  A batch API on pipeline mode is a possible later addition.
+ * COPY is refused (the connection is dropped); LISTEN/NOTIFY is not used
+ * (notifications are read and discarded).
  */
 #include "pg.h"
 
@@ -44,15 +69,17 @@ typedef enum { PG__C_DOWN = 1, PG__C_CONNECTING, PG__C_READY } pg__cstate_t;
 
 typedef struct pg__conn pg__conn_t;
 
-/* One request.  Invariant: on at most one list (pool queue, txn queue, done
- * list) or in flight (conn->cur == this), never both. */
+/* One request.  Invariant: on exactly one list at a time: the pool queue,
+ * its txn queue, the done list, or in flight in one connection's pipeline
+ * (conn != NULL); or on none while being delivered. */
 typedef struct pg__req {
     struct pg__req *next;
     pg_pool_t *pool;
     pg__kind_t kind;
     pg_txn_t *txn;      /* BEGIN/END, and queries of a transaction */
-    bool inflight;      /* sent; conn->cur points here */
-    bool abandoned;     /* reported (timeout) while in flight: drop the answer */
+    pg__conn_t *conn;   /* in flight: in this connection's pipe FIFO; else NULL */
+    bool abandoned;     /* reported (timeout, failed PREPARE) while in flight:
+                         * the answer is dropped and r freed when it comes */
     int done_status;    /* on the done list: status to deliver */
     const char *done_msg;
     char *sql;
@@ -61,7 +88,7 @@ typedef struct pg__req {
     int *lengths, *formats;
     int rfmt;
     bool prepare;       /* pg_query_opts_t.prepare */
-    bool preparing;     /* in flight is its PREPARE; the execution follows */
+    bool preparing;     /* its PREPARE's segment is still ahead of its execution's */
     uint64_t sql_hash;  /* names the prepared statement (prepare only) */
     pg_result_cb cb;
     pg_txn_cb tcb;
@@ -81,8 +108,13 @@ struct pg__conn {
     PGconn *pc;
     loop_watch_t *w;
     int fd;            /* fd the watch is on */
-    pg__req_t *cur;    /* in flight, or NULL */
-    PGresult *keep;    /* result kept for cur (the error, else the last) */
+    pg__fifo_t pipe;   /* in flight, in the order the server answers */
+    unsigned n_pipe;   /* requests in pipe; n_pipe <= pipeline_depth */
+    bool seg_end;      /* pipe.head's current statement returned its NULL: its
+                        * PGRES_PIPELINE_SYNC is next */
+    bool unflushed;    /* statements added in this pump pass, flush pending */
+    PGresult *keep;    /* result kept for pipe.head's current segment (the
+                        * error, else the last) */
     pg_txn_t *txn;     /* transaction owning this connection, or NULL */
     loop_timer_t timer;/* connect timeout (CONNECTING) or backoff (DOWN) */
     uint32_t backoff_ms;
@@ -391,6 +423,27 @@ static void pg__deliver(pg__req_t *r, int status, const PGresult *res, const cha
     free(r);
 }
 
+/* Reports a query in flight before its answer came (timeout, failed
+ * PREPARE): counters, span and callback as pg__deliver, but r stays in its
+ * connection's pipeline, abandoned, and is freed when its answer arrives. */
+static void pg__report_early(pg__req_t *r, int status, const PGresult *res, const char *msg)
+{
+    pg_pool_t *p = r->pool;
+    pg_result_cb cb = r->cb;
+    void *cbarg = r->arg;
+    loop_timer_stop(p->loop, &r->timer);
+    r->abandoned = true;
+    r->cb = NULL;
+    p->ctr.queries++;
+    if (status != 0)
+        p->ctr.errors++;
+    if (status == PG_ERR_TIMEOUT)
+        p->ctr.timeouts++;
+    pg__span_finish(r, status, res, msg);
+    if (cb != NULL)
+        cb(p, status, res, msg, cbarg);
+}
+
 /* Completion from an API path: delivered by the kick timer. */
 static void pg__defer(pg__req_t *r, int status, const char *msg)
 {
@@ -421,6 +474,8 @@ static void pg__conn_close_handles(pg__conn_t *c)
         c->pc = NULL;
     }
     c->n_prepared = 0; /* prepared statements live as long as the session */
+    c->seg_end = false;
+    c->unflushed = false;
     loop_timer_stop(c->pool->loop, &c->timer);
 }
 
@@ -474,7 +529,10 @@ static void pg__conn_start(pg__conn_t *c)
         pg__fatal("loop_timer_start(connect timeout): out of memory");
 }
 
-/* Fails everything bound to the connection and schedules a reconnect. */
+/* Fails everything bound to the connection (every statement in its
+ * pipeline with PG_ERR_CONNECTION, its transaction's queue with
+ * PG_ERR_TXN) and schedules a reconnect.  Requests still in the pool's
+ * queue are not touched: another connection takes them. */
 static void pg__conn_lost(pg__conn_t *c, const char *why)
 {
     pg_pool_t *p = c->pool;
@@ -486,9 +544,10 @@ static void pg__conn_lost(pg__conn_t *c, const char *why)
     while (ml > 0 && (msg[ml - 1] == '\n' || msg[ml - 1] == ' '))
         msg[--ml] = '\0';
     bool was_ready = c->state == PG__C_READY;
-    pg__req_t *cur = c->cur;
+    pg__req_t *pipe = c->pipe.head;
     pg_txn_t *txn = c->txn;
-    c->cur = NULL;
+    pg__fifo_init(&c->pipe);
+    c->n_pipe = 0;
     c->txn = NULL;
     pg__conn_close_handles(c);
     if (was_ready) {
@@ -496,18 +555,25 @@ static void pg__conn_lost(pg__conn_t *c, const char *why)
         c->backoff_ms = p->opt.backoff_min_ms;
     }
     pg__conn_schedule(c);
+    /* A BEGIN failing here frees its transaction: look before delivering. */
+    bool begin_lost = false;
+    for (pg__req_t *r = pipe; r != NULL; r = r->next)
+        begin_lost |= r->kind == PG__Q_BEGIN;
     if (txn != NULL) {
         txn->dead = true;
         txn->conn = NULL;
     }
-    if (cur != NULL) {
-        cur->inflight = false;
-        if (cur->abandoned)
-            free(cur);
+    while (pipe != NULL) {
+        pg__req_t *r = pipe;
+        pipe = r->next;
+        r->next = NULL;
+        r->conn = NULL;
+        if (r->abandoned)
+            free(r);
         else
-            pg__deliver(cur, PG_ERR_CONNECTION, NULL, msg);
+            pg__deliver(r, PG_ERR_CONNECTION, NULL, msg);
     }
-    if (txn != NULL && (cur == NULL || cur->kind != PG__Q_BEGIN)) {
+    if (txn != NULL && !begin_lost) {
         /* queued statements of the dead transaction fail; its END (if
          * queued) fails last and frees it. */
         pg__req_t *r;
@@ -523,85 +589,128 @@ static bool pg__is_conn_state(const char *st)
     return st != NULL && ((st[0] == '5' && st[1] == '7' && st[2] == 'P') || (st[0] == '0' && st[1] == '8'));
 }
 
-static void pg__flush(pg__conn_t *c);
-static bool pg__is_prepared(const pg__conn_t *c, uint64_t h);
-static void pg__stmt_name(uint64_t h, char *out);
-
-static void pg__finish_cur(pg__conn_t *c)
+static bool pg__is_prepared(const pg__conn_t *c, uint64_t h)
 {
-    pg__req_t *r = c->cur;
-    PGresult *res = c->keep;
-    if (r->preparing && res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
-        /* PREPARE done: remember it (also when r was abandoned meanwhile: the
-         * statement exists in the session), then execute r by name. */
-        r->preparing = false;
-        PQclear(res);
-        c->keep = NULL;
-        if (!pg__is_prepared(c, r->sql_hash) && c->n_prepared < PG__PREP_MAX)
-            c->prepared[c->n_prepared++] = r->sql_hash;
-        if (r->abandoned) {
-            c->cur = NULL;
-            r->inflight = false;
-            free(r);
+    for (unsigned i = 0; i < c->n_prepared; i++)
+        if (c->prepared[i] == h)
+            return true;
+    return false;
+}
+
+static void pg__forget_prepared(pg__conn_t *c, uint64_t h)
+{
+    for (unsigned i = 0; i < c->n_prepared; i++) {
+        if (c->prepared[i] == h) {
+            c->prepared[i] = c->prepared[--c->n_prepared];
             return;
         }
-        char name[24];
-        pg__stmt_name(r->sql_hash, name);
-        if (PQsendQueryPrepared(c->pc, name, r->nparams, r->values, r->lengths, r->formats,
-                                r->rfmt)) {
-            pg__flush(c);
-            return;
-        }
-        /* not sent: fails below as "no result" (a lost connection is
-         * noticed by pg__collect right after) */
-        res = NULL;
     }
-    c->cur = NULL;
+}
+
+/* out: at least 22 bytes ("shop_" + 16 hex digits + NUL). */
+static void pg__stmt_name(uint64_t h, char *out)
+{
+    snprintf(out, 22, "shop_%016llx", (unsigned long long)h);
+}
+
+/* The status of a statement from its kept result; *msg is NULL or points
+ * into res. */
+static int pg__status_of(const PGresult *res, const char **msg)
+{
+    *msg = NULL;
+    if (res == NULL) {
+        *msg = "no result from the server";
+        return PG_ERR_CONNECTION;
+    }
+    switch (PQresultStatus(res)) {
+    case PGRES_COMMAND_OK:
+    case PGRES_TUPLES_OK:
+    case PGRES_EMPTY_QUERY:
+        return 0;
+    case PGRES_PIPELINE_ABORTED:
+        /* Only after an earlier failure in the same segment, which one sync
+         * per statement rules out; reported, never taken for success. */
+        *msg = "statement skipped: its pipeline segment was aborted by an earlier error";
+        return PG_ERR_SERVER;
+    default: {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        *msg = PQresultErrorMessage(res);
+        return st != NULL && strcmp(st, "57014") == 0 ? PG_ERR_TIMEOUT
+               : pg__is_conn_state(st)                ? PG_ERR_CONNECTION
+                                                      : PG_ERR_SERVER;
+    }
+    }
+}
+
+/* pipe.head's segment is complete (its PGRES_PIPELINE_SYNC arrived): a
+ * PREPARE's segment hands over to the execution's; an execution's
+ * delivers the request and takes it off the pipe. */
+static void pg__segment_done(pg__conn_t *c)
+{
+    pg__req_t *r = c->pipe.head;
+    PGresult *res = c->keep;
+    const char *msg;
+    int status;
     c->keep = NULL;
-    r->inflight = false;
+    if (r->preparing) {
+        r->preparing = false;
+        if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+            PQclear(res);
+            return;
+        }
+        /* The name does not exist in the session: the next request asking
+         * for it prepares again.  The execution behind fails (26000) and is
+         * dropped; this request reports why the PREPARE failed. */
+        pg__forget_prepared(c, r->sql_hash);
+        if (!r->abandoned) {
+            status = pg__status_of(res, &msg);
+            pg__report_early(r, status != 0 ? status : PG_ERR_SERVER, res,
+                             msg != NULL ? msg : "PREPARE failed");
+        }
+        PQclear(res);
+        return;
+    }
+    pg__fifo_pop(&c->pipe);
+    c->n_pipe--;
+    r->conn = NULL;
     if (r->abandoned) {
         PQclear(res);
         free(r);
         return;
     }
-    int status = 0;
-    const char *msg = NULL;
-    if (res == NULL) {
-        status = PG_ERR_CONNECTION;
-        msg = "no result from the server";
-    } else {
-        switch (PQresultStatus(res)) {
-        case PGRES_COMMAND_OK:
-        case PGRES_TUPLES_OK:
-        case PGRES_EMPTY_QUERY:
-            break;
-        default: {
-            const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-            status = st != NULL && strcmp(st, "57014") == 0 ? PG_ERR_TIMEOUT
-                     : pg__is_conn_state(st)                ? PG_ERR_CONNECTION
-                                                            : PG_ERR_SERVER;
-            msg = PQresultErrorMessage(res);
-            break;
-        }
-        }
-    }
+    status = pg__status_of(res, &msg);
     if (r->kind == PG__Q_BEGIN && status == 0)
         r->txn->conn = c;
     pg__deliver(r, status, res, msg);
     PQclear(res);
 }
 
-/* Reads results of the in-flight statement; false when the connection was
- * lost (c is then DOWN). */
+/* Reads the results that arrived, in pipeline order, without blocking
+ * (PQgetResult only when PQisBusy says it will not wait).  false when the
+ * connection was lost (c is then DOWN). */
 static bool pg__collect(pg__conn_t *c)
 {
-    while (c->cur != NULL && !PQisBusy(c->pc)) {
+    while (c->pipe.head != NULL && PQstatus(c->pc) != CONNECTION_BAD && !PQisBusy(c->pc)) {
         PGresult *res = PQgetResult(c->pc);
         if (res == NULL) {
-            pg__finish_cur(c);
-            break;
+            /* End of the current statement's results; its sync follows.  A
+             * second NULL means libpq has nothing queued while requests are
+             * in flight: out of step, so the connection goes (else this
+             * loop would spin). */
+            if (c->seg_end) {
+                pg__conn_lost(c, "pipeline out of step: no result for a statement in flight");
+                return false;
+            }
+            c->seg_end = true;
+            continue;
         }
         ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            c->seg_end = false;
+            pg__segment_done(c);
+            continue;
+        }
         if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
             PQclear(res);
             pg__conn_lost(c, "COPY is not supported");
@@ -632,79 +741,141 @@ static void pg__flush(pg__conn_t *c)
     loop_watch_set(c->w, LOOP_WATCH_READ | (r == 1 ? LOOP_WATCH_WRITE : 0u));
 }
 
-static bool pg__is_prepared(const pg__conn_t *c, uint64_t h)
+/* Closes the statement just queued in libpq with its own sync (one
+ * implicit transaction segment per statement).  libpq 17 queues the sync
+ * only; libpq 15's PQpipelineSync also flushes. */
+static int pg__sync(PGconn *pc)
 {
-    for (unsigned i = 0; i < c->n_prepared; i++)
-        if (c->prepared[i] == h)
-            return true;
-    return false;
+#ifdef LIBPQ_HAS_SEND_PIPELINE_SYNC
+    return PQsendPipelineSync(pc);
+#else
+    return PQpipelineSync(pc);
+#endif
 }
 
-/* out: at least 22 bytes ("shop_" + 16 hex digits + NUL). */
-static void pg__stmt_name(uint64_t h, char *out)
+/* Before the first statement goes to an idle connection: a FATAL + EOF
+ * may sit in its socket (server restart while it was idle); read it so the
+ * statement is not sent into it.  false when c was lost. */
+static bool pg__check_idle(pg__conn_t *c)
 {
-    snprintf(out, 22, "shop_%016llx", (unsigned long long)h);
-}
-
-/* Sends r on the idle READY connection c.  On a dead connection r goes
- * back to the front of its queue (it was not sent).  A statement to prepare
- * is sent as PREPARE first when the session does not have it yet (the
- * execution follows from pg__finish_cur); past PG__PREP_MAX statements a
- * connection sends the others unprepared. */
-static void pg__send(pg__conn_t *c, pg__req_t *r, pg__fifo_t *from)
-{
-    /* A FATAL + EOF may already sit in the socket (server restart while the
-     * connection was idle): read it first so r is not sent into it. */
+    if (c->n_pipe > 0 || c->unflushed)
+        return true;
     if (!PQconsumeInput(c->pc) || PQstatus(c->pc) == CONNECTION_BAD) {
-        pg__fifo_push_front(from, r);
         pg__conn_lost(c, "found closed before sending");
-        return;
+        return false;
     }
+    return true;
+}
+
+/* Puts r (popped from `from`) into c's pipeline behind what is in flight,
+ * without flushing: the caller flushes once per pass.  A statement to
+ * prepare that the session does not have yet goes as PREPARE + sync, then
+ * its execution by name + sync; past PG__PREP_MAX statements a connection
+ * sends the others unprepared.  false when r was not added: either c was
+ * lost (r is back at the front of `from`, for another connection) or libpq
+ * refused the statement on a good connection (r delivered with the error). */
+static bool pg__send(pg__conn_t *c, pg__req_t *r, pg__fifo_t *from)
+{
+    char name[24];
+    bool prep = false, partly = false;
     int ok;
-    if (r->prepare && pg__is_prepared(c, r->sql_hash)) {
-        char name[24];
+    if (r->prepare && (pg__is_prepared(c, r->sql_hash) || c->n_prepared < PG__PREP_MAX)) {
         pg__stmt_name(r->sql_hash, name);
+        if (!pg__is_prepared(c, r->sql_hash)) {
+            ok = PQsendPrepare(c->pc, name, r->sql, r->nparams, NULL);
+            if (ok) {
+                partly = true;
+                ok = pg__sync(c->pc);
+            }
+            if (!ok)
+                goto fail;
+            prep = true;
+        }
         ok = PQsendQueryPrepared(c->pc, name, r->nparams, r->values, r->lengths, r->formats,
                                  r->rfmt);
-    } else if (r->prepare && c->n_prepared < PG__PREP_MAX) {
-        char name[24];
-        pg__stmt_name(r->sql_hash, name);
-        ok = PQsendPrepare(c->pc, name, r->sql, r->nparams, NULL);
-        r->preparing = ok != 0;
     } else {
         ok = PQsendQueryParams(c->pc, r->sql, r->nparams, NULL, r->values, r->lengths,
                                r->formats, r->rfmt);
     }
-    if (!ok) {
-        if (PQstatus(c->pc) == CONNECTION_BAD) {
-            pg__fifo_push_front(from, r);
-            pg__conn_lost(c, "PQsendQueryParams");
-            return;
-        }
-        pg__deliver(r, PG_ERR_SERVER, NULL, PQerrorMessage(c->pc));
-        return;
+    if (ok) {
+        partly = true;
+        ok = pg__sync(c->pc);
     }
-    r->inflight = true;
-    c->cur = r;
-    if (r->kind == PG__Q_BEGIN)
+    if (!ok)
+        goto fail;
+    if (prep) {
+        /* from now on requests behind it execute by name */
+        c->prepared[c->n_prepared++] = r->sql_hash;
+        c->pool->ctr.prepares++;
+    }
+    r->preparing = prep;
+    r->conn = c;
+    pg__fifo_push(&c->pipe, r);
+    c->n_pipe++;
+    c->unflushed = true;
+    if (r->kind == PG__Q_BEGIN) {
         c->txn = r->txn;
-    pg__flush(c);
+        r->txn->conn = c;
+    }
+    return true;
+
+fail:
+    /* Half a statement in libpq's queue (no sync) leaves the pipeline out
+     * of step with the FIFO: the connection goes, r is retried elsewhere. */
+    if (partly || PQstatus(c->pc) == CONNECTION_BAD) {
+        pg__fifo_push_front(from, r);
+        pg__conn_lost(c, "sending a statement");
+        return false;
+    }
+    pg__deliver(r, PG_ERR_SERVER, NULL, PQerrorMessage(c->pc));
+    return false;
 }
 
-/* Sends queued requests to idle connections. */
+/* The READY connection without a transaction and with the fewest
+ * statements in flight below the depth, or NULL when all are full. */
+static pg__conn_t *pg__least_loaded(pg_pool_t *p)
+{
+    pg__conn_t *best = NULL;
+    for (unsigned i = 0; i < p->opt.pool_size; i++) {
+        pg__conn_t *c = &p->conns[i];
+        if (c->state != PG__C_READY || c->txn != NULL || c->n_pipe >= p->opt.pipeline_depth)
+            continue;
+        if (best == NULL || c->n_pipe < best->n_pipe) {
+            best = c;
+            if (c->n_pipe == 0)
+                break;
+        }
+    }
+    return best;
+}
+
+/* Sends queued requests: a transaction's next statement to its idle
+ * connection, pooled ones to the least-loaded connections up to the depth;
+ * then one flush per connection that got statements. */
 static void pg__pump(pg_pool_t *p)
 {
     for (unsigned i = 0; i < p->opt.pool_size; i++) {
         pg__conn_t *c = &p->conns[i];
-        if (c->state != PG__C_READY || c->cur != NULL)
+        if (c->state != PG__C_READY || c->txn == NULL || c->n_pipe > 0 || c->txn->q.head == NULL)
             continue;
-        pg__fifo_t *from = c->txn != NULL ? &c->txn->q : &p->q;
-        pg__req_t *r = pg__fifo_pop(from);
-        if (r == NULL)
+        if (!pg__check_idle(c))
             continue;
-        if (r->kind == PG__Q_BEGIN)
-            r->txn->conn = c;
-        pg__send(c, r, from);
+        pg_txn_t *txn = c->txn;
+        pg__send(c, pg__fifo_pop(&txn->q), &txn->q);
+    }
+    pg__conn_t *c;
+    while (p->q.head != NULL && (c = pg__least_loaded(p)) != NULL) {
+        if (!pg__check_idle(c))
+            continue;
+        pg__send(c, pg__fifo_pop(&p->q), &p->q);
+    }
+    for (unsigned i = 0; i < p->opt.pool_size; i++) {
+        c = &p->conns[i];
+        if (c->unflushed) {
+            c->unflushed = false;
+            if (c->state == PG__C_READY)
+                pg__flush(c);
+        }
     }
 }
 
@@ -726,7 +897,8 @@ static void pg__conn_watch_cb(loop_watch_t *w, unsigned ev, void *arg)
             return;
         case PGRES_POLLING_OK:
             loop_timer_stop(c->pool->loop, &c->timer);
-            if (PQsetnonblocking(c->pc, 1) != 0 || pg__conn_watch_fd(c, LOOP_WATCH_READ) != 0) {
+            if (PQsetnonblocking(c->pc, 1) != 0 || PQenterPipelineMode(c->pc) != 1 ||
+                pg__conn_watch_fd(c, LOOP_WATCH_READ) != 0) {
                 pg__conn_close_handles(c);
                 pg__conn_schedule(c);
                 return;
@@ -807,46 +979,38 @@ static void pg__timeout_cb(loop_t *loop, loop_timer_t *t, void *arg)
     (void)t;
     pg__req_t *r = arg;
     pg_pool_t *p = r->pool;
-    if (!r->inflight) {
+    pg__conn_t *c = r->conn;
+    if (c == NULL) {
         pg__fifo_t *from = r->txn != NULL && r->kind == PG__Q_QUERY ? &r->txn->q : &p->q;
         if (!pg__fifo_remove(from, r))
             return; /* on the done list: about to be delivered */
         pg__deliver(r, PG_ERR_TIMEOUT, NULL, "query timed out while waiting for a connection");
         return;
     }
-    /* In flight: report now, keep r on its connection until the server's
-     * answer to the cancel arrives.  PQcancel blocks (its own connection to
-     * the server), so it runs on a detached thread. */
-    pg__conn_t *c = NULL;
-    for (unsigned i = 0; i < p->opt.pool_size; i++)
-        if (p->conns[i].cur == r)
-            c = &p->conns[i];
-    if (c == NULL)
-        pg__fatal("pg: in-flight request without a connection");
-    PGcancel *cn = PQgetCancel(c->pc);
-    if (cn != NULL) {
-        pthread_t th;
-        pthread_attr_t a;
-        pthread_attr_init(&a);
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &a, pg__cancel_thread, cn) != 0)
-            PQfreeCancel(cn);
-        else
-            p->ctr.cancels++;
-        pthread_attr_destroy(&a);
+    /* In flight: report now, keep r in the pipeline until its answer
+     * arrives.  A cancel stops whatever statement the server runs, so it
+     * is sent only when that is r's: first in flight, its results not all
+     * in yet.  Behind another statement, r runs to its end and the answer
+     * is dropped.  PQcancel blocks (its own connection to the server), so
+     * it runs on a detached thread. */
+    bool running = c->pipe.head == r && !c->seg_end;
+    if (running) {
+        PGcancel *cn = PQgetCancel(c->pc);
+        if (cn != NULL) {
+            pthread_t th;
+            pthread_attr_t a;
+            pthread_attr_init(&a);
+            pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+            if (pthread_create(&th, &a, pg__cancel_thread, cn) != 0)
+                PQfreeCancel(cn);
+            else
+                p->ctr.cancels++;
+            pthread_attr_destroy(&a);
+        }
     }
-    /* Deliver without freeing: a copy of the request's identity runs the
-     * callback, the request itself waits for the answer. */
-    pg_result_cb cb = r->cb;
-    void *cbarg = r->arg;
-    r->abandoned = true;
-    r->cb = NULL;
-    p->ctr.queries++;
-    p->ctr.errors++;
-    p->ctr.timeouts++;
-    pg__span_finish(r, PG_ERR_TIMEOUT, NULL, "query timed out; cancel sent");
-    if (cb != NULL)
-        cb(p, PG_ERR_TIMEOUT, NULL, "query timed out; cancel sent", cbarg);
+    pg__report_early(r, PG_ERR_TIMEOUT, NULL,
+                     running ? "query timed out; cancel sent"
+                             : "query timed out behind another statement on its connection");
 }
 
 static void pg__kick_cb(loop_t *loop, loop_timer_t *t, void *arg)
@@ -872,6 +1036,8 @@ int pg_pool_create(loop_t *loop, const pg_options_t *opt, pg_pool_t **out)
     p->opt = *opt;
     if (p->opt.pool_size == 0)
         p->opt.pool_size = 4;
+    if (p->opt.pipeline_depth == 0)
+        p->opt.pipeline_depth = 1;
     if (p->opt.connect_timeout_ms == 0)
         p->opt.connect_timeout_ms = 5000;
     if (p->opt.backoff_min_ms == 0)
@@ -938,6 +1104,7 @@ int pg_pool_create(loop_t *loop, const pg_options_t *opt, pg_pool_t **out)
         c->pool = p;
         c->idx = i;
         c->fd = -1;
+        pg__fifo_init(&c->pipe);
         c->backoff_ms = p->opt.backoff_min_ms;
         c->state = PG__C_DOWN;
         loop_timer_init(&c->timer);
@@ -974,23 +1141,31 @@ void pg_pool_destroy(pg_pool_t *p)
         pg__deliver(r, r->done_status, NULL, r->done_msg);
     for (unsigned i = 0; i < p->opt.pool_size; i++) {
         pg__conn_t *c = &p->conns[i];
-        pg__req_t *cur = c->cur;
+        pg__req_t *pipe = c->pipe.head;
         pg_txn_t *txn = c->txn;
-        c->cur = NULL;
+        pg__fifo_init(&c->pipe);
+        c->n_pipe = 0;
         c->txn = NULL;
         pg__conn_close_handles(c);
         c->state = PG__C_DOWN;
+        bool begin_in_pipe = false;
+        for (r = pipe; r != NULL; r = r->next)
+            begin_in_pipe |= r->kind == PG__Q_BEGIN;
         if (txn != NULL) {
             txn->conn = NULL;
             txn->dead = true;
         }
-        if (cur != NULL) {
-            if (cur->abandoned)
-                free(cur);
+        while (pipe != NULL) {
+            r = pipe;
+            pipe = r->next;
+            r->next = NULL;
+            r->conn = NULL;
+            if (r->abandoned)
+                free(r);
             else
-                pg__deliver(cur, PG_ERR_SHUTDOWN, NULL, NULL);
+                pg__deliver(r, PG_ERR_SHUTDOWN, NULL, NULL);
         }
-        if (txn != NULL && (cur == NULL || cur->kind != PG__Q_BEGIN))
+        if (txn != NULL && !begin_in_pipe)
             while ((r = pg__fifo_pop(&txn->q)) != NULL)
                 pg__deliver(r, PG_ERR_SHUTDOWN, NULL, NULL);
     }

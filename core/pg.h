@@ -1,6 +1,7 @@
 /*
  * core/pg.h - PostgreSQL client for the io_uring loop: a pool of N libpq
- * connections in non-blocking mode, queued parameterised queries, per-query
+ * connections in non-blocking pipeline mode (up to pipeline_depth
+ * statements in flight on each), queued parameterised queries, per-query
  * timeouts, transactions, reconnect with backoff, and one CLIENT span per
  * query (OpenTelemetry semantic conventions v1.37.0, DB spans).
  *
@@ -9,7 +10,8 @@
  *       if (st != 0) { fprintf(stderr, "query: %s\n", msg); return; }
  *       printf("%s\n", PQgetvalue(r, 0, 0));
  *   }
- *   pg_options_t o = {.conninfo = "host=127.0.0.1 port=5432 dbname=shop", .pool_size = 4};
+ *   pg_options_t o = {.conninfo = "host=127.0.0.1 port=5432 dbname=shop", .pool_size = 4,
+ *                     .pipeline_depth = 8};
  *   pg_pool_t *pool;
  *   pg_pool_create(loop, &o, &pool);
  *   const char *v[] = {"42"};
@@ -31,6 +33,21 @@
  *    answered (also for a server error, with the SQLSTATE in it).
  *  - Query text and parameters are copied: the caller's buffers may go
  *    away when pg_query returns.
+ *  - Pipelining: each connection carries up to pipeline_depth statements
+ *    at once, answered in order; a statement waits in the pool's queue only
+ *    while every connection is full.  Every statement is its own implicit
+ *    transaction (a sync follows each): one failing (unique violation,
+ *    division by zero) fails alone, the others in flight still succeed.  A
+ *    slow statement delays the ones behind it on its connection.
+ *  - Timeouts report PG_ERR_TIMEOUT at the deadline; the statement's answer
+ *    is dropped when it comes.  The statement is cancelled (PQcancel) only
+ *    when it is the one the server is running; behind another it runs to
+ *    its end.  A cancel racing with the statement's own end may hit the
+ *    next statement in the pipeline, which then reports PG_ERR_TIMEOUT.
+ *  - Connection loss fails every statement in flight on it with
+ *    PG_ERR_CONNECTION; queued ones wait for another connection.
+ *  - Transactions: the connection of an open transaction takes no other
+ *    statements; the transaction's own go one at a time.
  *  - Spans: a CLIENT span starts in pg_query (queue time included) and ends
  *    right before the callback runs.  db.query.text is the parameterised
  *    text as given ($1, $2 ...): values are never put in the span.  None
@@ -87,6 +104,8 @@ typedef void (*pg_txn_cb)(pg_pool_t *pool, int status, pg_txn_t *txn, const char
 typedef struct {
     const char *conninfo;           /* libpq connection string (key=value or URI); NULL = "" */
     unsigned pool_size;             /* connections; 0 = 4 */
+    unsigned pipeline_depth;        /* statements in flight per connection (libpq pipeline
+                                     * mode, one sync each); 0 or 1 = one at a time */
     uint32_t statement_timeout_ms;  /* SET on each session (server-side); 0 = none */
     uint32_t query_timeout_ms;      /* default local timeout per query, queue wait
                                      * included; 0 = statement_timeout_ms + 1000, or none */
@@ -116,6 +135,7 @@ typedef struct {
     uint64_t connects;     /* successful connects, first ones included */
     uint64_t conn_lost;    /* connections lost after being ready */
     uint64_t cancels;      /* PQcancel requests sent */
+    uint64_t prepares;     /* PREPAREs sent (pg_query_opts_t.prepare), once per session each */
 } pg_counters_t;
 
 /* -------------------------------------------------------------- prototypes */

@@ -145,6 +145,7 @@ static int svc__make_clients(svc_t *svc)
         pg_options_t po = {
             .conninfo = svc->conninfo,
             .pool_size = (unsigned)config_int(c, CONFIG_POSTGRES_POOL_SIZE),
+            .pipeline_depth = (unsigned)config_int(c, CONFIG_POSTGRES_PIPELINE_DEPTH),
             .statement_timeout_ms = (uint32_t)config_int(c, CONFIG_POSTGRES_STATEMENT_TIMEOUT),
             .connect_timeout_ms = (uint32_t)config_int(c, CONFIG_POSTGRES_CONNECT_TIMEOUT),
         };
