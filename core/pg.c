@@ -923,8 +923,10 @@ static void pg__conn_watch_cb(loop_watch_t *w, unsigned ev, void *arg)
         }
         if (ev & LOOP_WATCH_READ) {
             if (!PQconsumeInput(c->pc)) {
-                /* Results that arrived before the EOF (the server's FATAL
-                 * message) are kept by libpq; the request fails anyway. */
+                /* EOF: answers read before it were collected on earlier
+                 * reports; the statements still in flight fail (their
+                 * outcome is unknown), the server's FATAL message is in
+                 * the error text. */
                 pg__conn_lost(c, "read failed");
                 return;
             }
