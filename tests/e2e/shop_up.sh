@@ -59,6 +59,9 @@ for name in postgres redis kafka jaeger payment-sim exporter user-svc inventory-
   check "status: $name alive and healthy" grep -qE "^$name +[0-9]+ +yes +ok" <<<"$line"
 done
 check "status prints the ring's counters" grep -qi 'written' "$STATE/status.out"
+jpid=$(cat "$STATE/run/jaeger.pid" 2>/dev/null || echo 0)
+check "Jaeger runs with GOGC=400 and GOMEMLIMIT=4GiB (./shop up's garbage-collector defaults)" \
+  sh -c "tr '\\0' '\\n' </proc/$jpid/environ | grep -qx GOGC=400 && tr '\\0' '\\n' </proc/$jpid/environ | grep -qx GOMEMLIMIT=4GiB"
 
 # One order: user123 buys 1 x prod456 (db/seed.sql).
 if [ "$gateway" = 1 ]; then
