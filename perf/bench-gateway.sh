@@ -32,9 +32,15 @@
 #     the stack and of wrk, which is what bounds requests/s on 2 CPUs; the
 #     CPU is read once the ring is empty (spans still queued when wrk ends
 #     are exported first, and that backlog is reported).
+#     Each round also runs wrk "paced" (order_get_paced): each connection
+#     pauses 1 ms after every response (perf/wrk-pause.lua), so the offered
+#     rate is one the trace pipeline keeps up with (the exporter and Jaeger
+#     share the 2 CPUs with the stack; unpaced, Jaeger can fall behind and
+#     the ring drop spans when full, counted as spans_dropped).
 # Writes perf/results/gateway.json.  The LAST line printed is
-#   gateway health_rps=... nginx_rps=... ratio=... order_get_rps=... p99_ms=...
-# (medians over the rounds; ratio = health_rps / nginx_rps).
+#   gateway health_rps=... nginx_rps=... ratio=... order_get_rps=... p99_ms=... spans_dropped=...
+#     paced_rps=... paced_p99_ms=... paced_spans_dropped=...
+# (medians over the rounds, drops summed; ratio = health_rps / nginx_rps).
 set -euo pipefail
 
 usage() { sed -n '4,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -247,13 +253,15 @@ if [ "$STACK" = 1 ]; then
   ring_json() { "$BUILD/ipc/shop-ring" stat --name "$RING_STACK" --json 2>/dev/null || echo '{}'; }
   wrk -t1 -c64 -d2s -H "Authorization: Bearer $tok" "$gwurl/api/orders/$oid" >/dev/null # warm-up
   for round in $(seq "$ROUNDS"); do
+   for label in order_get order_get_paced; do
     r0=$(ring_json)
-    python3 "$RUN" --label order_get "${groups[@]}" --drain "$BUILD/ipc/shop-ring" "$RING_STACK" -- \
-      wrk -t1 -c64 -d"${SDURATION}s" --latency -H "Authorization: Bearer $tok" "$gwurl/api/orders/$oid" \
+    pace=(); [ "$label" = order_get_paced ] && pace=(-s "$ROOT/perf/wrk-pause.lua")
+    WRK_PAUSE_MS=1 python3 "$RUN" --label "$label" "${groups[@]}" --drain "$BUILD/ipc/shop-ring" "$RING_STACK" -- \
+      wrk -t1 -c64 -d"${SDURATION}s" --latency "${pace[@]}" -H "Authorization: Bearer $tok" "$gwurl/api/orders/$oid" \
       >"$WORK/run.json"
     python3 -c '
 import json, sys
-r = json.load(sys.stdin); r["part"] = "order_get"; r["round"] = int(sys.argv[1])
+r = json.load(sys.stdin); r["part"] = r["label"]; r["round"] = int(sys.argv[1])
 a, b = json.loads(sys.argv[2] or "{}"), json.loads(sys.argv[3] or "{}")
 def d(k, sub=None):
     try: return (b[k][sub] - a[k][sub]) if sub else (b[k] - a[k])
@@ -265,9 +273,10 @@ import json, sys
 r = json.load(sys.stdin); c = r["cpu_us_per_req"]
 top = ", ".join("%s %.0f" % (k, v) for k, v in sorted(c.items(), key=lambda x: -(x[1] or 0)) if v)
 dr = r.get("drain") or {}
-print("order_get round %d: %7.0f req/s  p50 %.2f ms  p99 %.2f ms  non-2xx %d  load %s  CPU us/req: %s  spans written %s dropped %s, %s in the ring at the end (drained in %s s)"
-      % (r["round"], r["rps"], r["p50_ms"] or 0, r["p99_ms"] or 0, r["non_2xx"] + r["socket_errors"], r["loadavg"], top,
+print("%s round %d: %7.0f req/s  p50 %.2f ms  p99 %.2f ms  non-2xx %d  load %s  CPU us/req: %s  spans written %s dropped %s, %s in the ring at the end (drained in %s s)"
+      % (r["label"], r["round"], r["rps"], r["p50_ms"] or 0, r["p99_ms"] or 0, r["non_2xx"] + r["socket_errors"], r["loadavg"], top,
          r["ring"]["written"], r["ring"]["dropped_full"], dr.get("in_ring_at_end"), dr.get("drain_s")))')"
+   done
   done
   sleep 1
   "$BUILD/ipc/shop-ring" stat --name "$RING_STACK" >"$WORK/ring-after.txt" 2>&1 || true
@@ -291,7 +300,7 @@ def cpu_model():
         pass
     return platform.processor()
 fig = {}
-for label in ("gateway", "nginx", "gateway-notrace", "order_get"):
+for label in ("gateway", "nginx", "gateway-notrace", "order_get", "order_get_paced"):
     rs = [r for r in runs if r["label"] == label]
     if not rs:
         continue
@@ -341,6 +350,13 @@ if "order_get" in fig:
     # the time the exporter and Jaeger needed after it to empty the ring
     summary["order_get_all_exported_rps"] = med(
         [r["requests"] / (r["wall_s"] + (r.get("drain") or {}).get("drain_s", 0)) for r in og if r["requests"]])
+if "order_get_paced" in fig:
+    o = fig["order_get_paced"]
+    op = [r for r in runs if r["label"] == "order_get_paced"]
+    summary["paced_rps"] = o["rps"]
+    summary["paced_p99_ms"] = o["p99_ms"]
+    summary["paced_spans_dropped"] = sum(r["ring"]["dropped_full"] or 0 for r in op)
+    summary["paced_spans_in_ring_at_end"] = med([(r.get("drain") or {}).get("in_ring_at_end") for r in op])
 res = {
     "benchmark": "gateway: GET /api/health against nginx; GET /api/orders/{id} through the stack",
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -350,6 +366,7 @@ res = {
                "health": "servers on CPU 0 (taskset), wrk on CPU 1; gateway (tracing default, ring drained on CPU 0), "
                          "nginx (1 worker, return 200), gateway-notrace (sampler always_off) alternate in every round",
                "order_get": "./shop up, tracing always_on, exporter -> Jaeger, rate limits off; nothing pinned",
+               "order_get_paced": "the same, each connection pausing 1 ms after every response (perf/wrk-pause.lua)",
                "headers": open(headers).read() if os.path.exists(headers) else ""},
     "summary": summary,
     "figures": fig,
@@ -366,7 +383,10 @@ print("[bench-gateway] summary %s" % json.dumps(summary), file=sys.stderr)
 print("[bench-gateway] wrote %s" % os.path.relpath(out_path), file=sys.stderr)
 s = summary
 fmt = lambda v, f: (f % v) if v is not None else "na"
-print("gateway health_rps=%s nginx_rps=%s ratio=%s order_get_rps=%s p99_ms=%s"
+print("gateway health_rps=%s nginx_rps=%s ratio=%s order_get_rps=%s p99_ms=%s spans_dropped=%s "
+      "paced_rps=%s paced_p99_ms=%s paced_spans_dropped=%s"
       % (fmt(s.get("health_rps"), "%.0f"), fmt(s.get("nginx_rps"), "%.0f"), fmt(s.get("ratio"), "%.3f"),
-         fmt(s.get("order_get_rps"), "%.0f"), fmt(s.get("p99_ms"), "%.2f")))
+         fmt(s.get("order_get_rps"), "%.0f"), fmt(s.get("p99_ms"), "%.2f"), fmt(s.get("spans_dropped"), "%d"),
+         fmt(s.get("paced_rps"), "%.0f"), fmt(s.get("paced_p99_ms"), "%.2f"),
+         fmt(s.get("paced_spans_dropped"), "%d")))
 EOF
