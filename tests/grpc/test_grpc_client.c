@@ -423,6 +423,14 @@ int main(int argc, char **argv)
     tap_check(r.status == GRPC_STATUS_OK, "gzip Export OK: %s %s", grpc_status_name(r.status), r.message);
     tap_check(capture_contains(b64), "gzip request recorded with span id %s", b64);
     free(req);
+    /* The channel's deflate state is reset, not rebuilt, per message: a
+     * second, larger one must decode on its own at the receiver. */
+    req = make_request(7, 60000, &len, b64, sizeof b64);
+    call(ch, req, len, true, 5000 * MS, &r);
+    tap_check(r.status == GRPC_STATUS_OK && capture_contains(b64),
+              "second gzip Export on the channel (%zu bytes) OK and recorded with span id %s: %s", len, b64,
+              grpc_status_name(r.status));
+    free(req);
 
     req = make_request(3, 0, &len, b64, sizeof b64);
     /* 3. errors with codes and messages */
