@@ -11,16 +11,25 @@
  * The read position moves only when a batch is acknowledged or given up
  * (promise 3): exported, or dropped REJECTED / EXPIRED / CORRUPT / SHUTDOWN.
  *
+ * Peeking is just in time: only while no batch is in flight, and only up
+ * to one batch (max_export_batch_size), so the records are encoded right
+ * after the peek brought them into the cache.  Peeked earlier, behind the
+ * batch in flight, they were encoded one or more Exports later, after the
+ * exporter had slept through the receiver's answer, and the encoder read
+ * them from memory a second time (benchmark VM, batch 512: ~20 ns per
+ * span more in otlp_encode beside Jaeger).  Peeking ahead buys nothing
+ * else: the ring holds the spans either way, and frees their room only on
+ * release.  Only the shutdown drain fills the queue to max_queue_size.
+ *
  * Producers make no system call, so nothing wakes us when spans arrive: a
  * repeating EXP_POLL_NS timer peeks, and a finished export peeks at once.
  * The poll timer is stopped while a batch is in flight (or waits for a
- * retry) and the next full batch is already queued: nothing can be sent
- * before the batch ends, and its end peeks at once, so a poll then would
- * only be a wake-up (each one costs the process several microseconds of
- * CPU in a VM, as much as encoding tens of spans; a receiver slower than
- * us, as Jaeger is, saw one or two per Export).  Each peek repeats until
- * the queue is full or the ring has nothing committed, since one call
- * takes at most a quota per lane.
+ * retry): nothing is peeked or sent before the batch ends, and its end
+ * peeks at once, so a poll then would only be a wake-up (each one costs the
+ * process several microseconds of CPU in a VM, as much as encoding tens of
+ * spans; a receiver slower than us, as Jaeger is, saw one or two per
+ * Export).  Each peek repeats until the queue holds a batch or the ring has
+ * nothing committed, since one call takes at most a quota per lane.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -209,17 +218,16 @@ static void exp__finish_shutdown(exp_batcher_t *b)
 static void exp__pump_once(exp_batcher_t *b);
 
 /* Runs the processor, then stops the poll timer if polling is useless (a
- * batch in flight and the next full batch already queued: the finished
- * export peeks at once anyway) or starts it again.  A poll every 2 ms
- * while a slow receiver (Jaeger: ~1-3 ms per Export) answers costs a
- * wake-up per tick, each ~7-15 us of CPU on a VM. */
+ * batch in flight: nothing is peeked meanwhile, and the finished export
+ * peeks at once) or starts it again.  A poll every 2 ms while a slow
+ * receiver (Jaeger: ~1-3 ms per Export) answers costs a wake-up per tick,
+ * each ~7-15 us of CPU on a VM. */
 static void exp__pump(exp_batcher_t *b)
 {
     exp__pump_once(b);
     if (b->shut_called || b->stopping)
         return;
-    bool idle_poll = b->busy && b->qlen >= b->s.batch_max;
-    if (idle_poll)
+    if (b->busy)
         loop_timer_stop(b->loop, &b->poll);
     else if (!loop_timer_active(&b->poll))
         (void)loop_timer_start(b->loop, &b->poll, EXP_POLL_NS, EXP_POLL_NS, exp__on_poll, b);
@@ -230,11 +238,11 @@ static void exp__pump_once(exp_batcher_t *b)
     if (b->shut_called)
         return;
     uint64_t now = b->now();
-    /* Peek even while a batch is in flight: the queue fills behind it, as
-     * the BSP's queue does while its exporter works. */
+    /* Just in time (see the top): nothing while a batch is in flight, then
+     * up to one batch, encoded below while its records are in the cache. */
     if (!b->stopping) {
-        while (b->qlen < b->s.queue_max) {
-            int n = ring_consumer_peek(b->ring, b->q + b->qlen, (int)(b->s.queue_max - b->qlen));
+        while (!b->busy && b->qlen < b->s.batch_max) {
+            int n = ring_consumer_peek(b->ring, b->q + b->qlen, (int)(b->s.batch_max - b->qlen));
             if (n <= 0)
                 break;
             b->qlen += (uint32_t)n;
