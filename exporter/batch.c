@@ -22,7 +22,9 @@
  * release.  Only the shutdown drain fills the queue to max_queue_size.
  *
  * Producers make no system call, so nothing wakes us when spans arrive: a
- * repeating EXP_POLL_NS timer peeks, and a finished export peeks at once.
+ * repeating poll timer peeks (every EXP_POLL_NS, backing off to
+ * EXP_POLL_IDLE_MAX_NS while the ring stays empty), and a finished export
+ * peeks at once.
  * The poll timer is stopped while a batch is in flight (or waits for a
  * retry): nothing is peeked or sent before the batch ends, and its end
  * peeks at once, so a poll then would only be a wake-up (each one costs the
@@ -62,6 +64,7 @@ struct st_exp_batcher_t {
     uint64_t batch_deadline, attempt_start;
     uint64_t last_export;   /* start of the previous batch (schedule delay) */
     uint64_t last_reap;
+    uint64_t poll_ns;       /* current poll interval (EXP_POLL_NS .. EXP_POLL_IDLE_MAX_NS) */
     loop_timer_t poll, retry, kick, shut;
     bool stopping;
     uint64_t shut_deadline;
@@ -227,10 +230,19 @@ static void exp__pump(exp_batcher_t *b)
     exp__pump_once(b);
     if (b->shut_called || b->stopping)
         return;
-    if (b->busy)
+    if (b->busy) {
         loop_timer_stop(b->loop, &b->poll);
-    else if (!loop_timer_active(&b->poll))
-        (void)loop_timer_start(b->loop, &b->poll, EXP_POLL_NS, EXP_POLL_NS, exp__on_poll, b);
+        b->poll_ns = EXP_POLL_NS;
+        return;
+    }
+    /* Not busy: the queue holds what the ring had; empty = a quiet ring. */
+    uint64_t want = EXP_POLL_NS;
+    if (b->qlen == 0)
+        want = b->poll_ns * 2 < EXP_POLL_IDLE_MAX_NS ? b->poll_ns * 2 : EXP_POLL_IDLE_MAX_NS;
+    if (want != b->poll_ns || !loop_timer_active(&b->poll)) {
+        b->poll_ns = want;
+        (void)loop_timer_start(b->loop, &b->poll, want, want, exp__on_poll, b);
+    }
 }
 
 static void exp__pump_once(exp_batcher_t *b)
@@ -288,7 +300,9 @@ static void exp__pump_once(exp_batcher_t *b)
 static void exp__on_poll(loop_t *loop, loop_timer_t *t, void *arg)
 {
     (void)loop, (void)t;
-    exp__pump(arg);
+    exp_batcher_t *b = arg;
+    b->st.polls++;
+    exp__pump(b);
 }
 
 static void exp__on_shut(loop_t *loop, loop_timer_t *t, void *arg)
@@ -336,6 +350,7 @@ int exp_batcher_new(loop_t *loop, ring_t *ring, const exp_settings_t *s, const r
     loop_timer_init(&b->shut);
     b->last_export = b->now();
     b->last_reap = b->last_export;
+    b->poll_ns = EXP_POLL_NS;
     int rc = loop_timer_start(loop, &b->poll, 0, EXP_POLL_NS, exp__on_poll, b);
     if (rc < 0)
         goto err;

@@ -31,10 +31,16 @@
 
 #define EXP_SCHEMA_URL "https://opentelemetry.io/schemas/1.37.0"
 #define EXP_EXPORT_PATH "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-/* How often an idle exporter looks at the ring: producers never make a
- * system call, so nothing can wake us; 2 ms bounds the added latency and
- * costs 500 wake-ups a second. */
+/* How often the exporter looks at the ring: producers never make a system
+ * call, so nothing can wake us; 2 ms bounds the added latency.  Each poll
+ * that finds the ring empty doubles the interval, up to
+ * EXP_POLL_IDLE_MAX_NS; the first record found brings it back to 2 ms.
+ * An idle exporter so wakes 62 times a second, not 500 (each wake-up costs
+ * ~20 us of CPU in a VM: 1.2 % of a core at 2 ms).  The first span after a
+ * quiet spell waits at most 16 ms more; a lane of 1 MiB (~3,000 spans)
+ * fills in 16 ms only beyond ~190,000 spans/s from one thread. */
 #define EXP_POLL_NS (2u * 1000u * 1000u)
+#define EXP_POLL_IDLE_MAX_NS (16u * 1000u * 1000u)
 #define EXP_HEADERS_MAX 16
 
 /* What the retry policy says about one finished Export attempt. */
@@ -116,6 +122,7 @@ typedef struct st_exp_stats_t {
     uint64_t partial_rejected;    /* of those, rejected by partial_success */
     uint64_t undecodable;         /* records that were not valid span records */
     uint64_t queue_len;           /* peeked and not released, now */
+    uint64_t polls;               /* poll timer firings (idle back-off shows here) */
     uint64_t batch_hist[EXP_BATCH_BUCKETS + 1]; /* cumulative-free counts */
     uint64_t batch_sum;
     uint64_t lat_hist[EXP_LATENCY_BUCKETS + 1];

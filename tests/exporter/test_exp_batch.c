@@ -2,7 +2,8 @@
  * tests/exporter/test_exp_batch.c - exporter/batch.c with a fake transport
  * over a real ring: never more than max_export_batch_size spans per export,
  * never more than max_queue_size peeked (and no more than the batch being
- * sent: peeks are just in time), the schedule delay honoured,
+ * sent: peeks are just in time), the schedule delay honoured, the idle
+ * poll back-off,
  * retries, give-ups (REJECTED, EXPIRED), partial success, shutdown; the
  * ring's accounting balances after each scenario.
  */
@@ -365,6 +366,44 @@ int main(void)
               (unsigned long long)st.spans_dropped[RING_DROP_SHUTDOWN],
               (unsigned long long)st.spans_dropped[RING_DROP_EXPIRED], (unsigned long long)rs.in_ring,
               (unsigned long long)(took9 / 1000000u));
+    exp_batcher_free(b);
+
+    /* 10. idle back-off: on an empty ring the poll interval doubles from 2
+     * to 16 ms (about 60 polls a second, not 500); the first span after
+     * the quiet spell is still picked up within one 16 ms interval (plus
+     * room for a loaded machine). */
+    fake_t f10 = {.loop = loop};
+    loop_timer_init(&f10.t);
+    s = base();
+    s.delay_ns = 0; /* export what is there at once */
+    exp_batcher_new(loop, ring, &s, &rp, fake_send, &f10, &b);
+    f10.b = b;
+    loop_timer_t t10;
+    loop_timer_init(&t10);
+    loop_timer_start(loop, &t10, 500000000ull, 0, on_stop, NULL);
+    loop_run(loop); /* 500 ms, nothing in the ring */
+    exp_batcher_stats(b, &st);
+    uint64_t idle_polls = st.polls;
+    tap_check(idle_polls >= 5 && idle_polls <= 45,
+              "idle ring: %llu polls in 500 ms (2 ms doubling to 16 ms: ~33; at a fixed 2 ms: 250)",
+              (unsigned long long)idle_polls);
+    uint64_t t10w = loop_now_ns();
+    write_spans(1);
+    run_until(loop, b, 1, 1000);
+    uint64_t took10 = f10.calls ? f10.call_time[0] - t10w : UINT64_MAX;
+    tap_check(f10.calls == 1 && took10 < 16000000ull + 100000000ull,
+              "the first span after the quiet spell is sent %llu ms after it was written (one idle interval, "
+              "16 ms, at most, plus scheduling)", (unsigned long long)(took10 / 1000000u));
+    /* A burst after the quiet spell is not paced by the idle interval: each
+     * batch's end peeks at once. */
+    loop_timer_start(loop, &t10, 300000000ull, 0, on_stop, NULL);
+    loop_run(loop); /* back to 16 ms */
+    write_spans(5000);
+    uint64_t t10b = loop_now_ns();
+    run_until(loop, b, 5001, 2000);
+    tap_check(f10.calls == 11 && f10.call_time[10] - t10b < 16000000ull + 200000000ull,
+              "a burst of 5000 after another quiet spell: 10 exports, the last %llu ms after the write",
+              (unsigned long long)(f10.calls == 11 ? (f10.call_time[10] - t10b) / 1000000u : 0));
     exp_batcher_free(b);
 
     ring_producer_release(prod);
