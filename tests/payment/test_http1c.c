@@ -370,12 +370,23 @@ static void test_sim(const char *sim_path)
     http1c_client_free(c);
     /* refused: the simulator gone */
     tap_check(pt_stop(&sim) == 0, "sim: exits 0 on SIGTERM (no leak report under ASan)");
+    /* Hold the port, bound but not listening, so no other test running
+     * beside this one can start listening on it: a SYN to it gets a RST. */
+    int hold = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(hold, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in ha = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sim.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int held = bind(hold, (struct sockaddr *)&ha, sizeof ha) == 0 ? 0 : errno;
     http1c_client_new(g_loop, "127.0.0.1", (uint16_t)sim.port, &o, &c);
     do_req(c, "POST", "/v1/charges", "{}", 0, NULL, &x);
     s = last_span("POST");
     tap_check(x.err == -ECONNREFUSED && s && dbt_attr(s, "error.type") &&
                   strcmp(dbt_attr(s, "error.type"), "connection_refused") == 0,
-              "sim down: -ECONNREFUSED, error.type=connection_refused");
+              "sim down: -ECONNREFUSED, error.type=connection_refused (got %d %s, error.type %s; port %d held: %s)",
+              x.err, x.err < 0 ? strerror(-x.err) : "", s && dbt_attr(s, "error.type") ? dbt_attr(s, "error.type") : "-",
+              sim.port, held == 0 ? "yes" : strerror(held));
+    close(hold);
     http1c_client_free(c);
     FILE *f = fopen(log, "r");
     char line[512];
