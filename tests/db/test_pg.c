@@ -188,17 +188,6 @@ static void do_kill(loop_t *loop, loop_timer_t *t, void *arg)
              0, NULL, NULL, NULL, NULL, on_kill, NULL);
 }
 
-static pg_txn_t *ptxn;
-static int ptxn_status = 1;
-static void on_pbegin(pg_pool_t *p, int st, pg_txn_t *t, const char *msg, void *arg)
-{
-    (void)p;
-    (void)msg;
-    (void)arg;
-    ptxn_status = st;
-    ptxn = t;
-    n_done++;
-}
 
 /* Restart from a timer callback while queries are in flight. */
 static const char *g_script, *g_dir;
@@ -594,23 +583,24 @@ int main(int argc, char **argv)
     pipe_reset();
     for (long i = 0; i < 5; i++)
         pq("SELECT 'before'", i, NULL, 0, false);
-    ptxn = NULL;
-    pg_txn_begin(ppool, NULL, on_pbegin, NULL);
+    txn = NULL;
+    txn_status = 1;
+    pg_txn_begin(ppool, NULL, on_begin, NULL);
     for (long i = 5; i < 10; i++)
         pq("SELECT 'after'", i, NULL, 0, false);
     run_n(loop, 6, 5000);
     int later_done = 0;
     for (int i = 5; i < 10; i++)
         later_done += pipe_status[i] != 1;
-    tap_check(ptxn_status == 0 && ptxn != NULL && n_ok == 5 && later_done == 0,
+    tap_check(txn_status == 0 && txn != NULL && n_ok == 5 && later_done == 0,
               "BEGIN behind 5 pooled statements (%d ok); the 5 queued after it wait (%d ran)", n_ok, later_done);
-    if (ptxn != NULL) {
+    if (txn != NULL) {
         const char *v1[] = {"21", "pipelined commit"};
-        pg_txn_query(ptxn, "INSERT INTO items (id, name) VALUES ($1, $2)", 2, v1, NULL, NULL, NULL, on_pipe,
+        pg_txn_query(txn, "INSERT INTO items (id, name) VALUES ($1, $2)", 2, v1, NULL, NULL, NULL, on_pipe,
                      (void *)(intptr_t)10);
-        pg_txn_query(ptxn, "SELECT count(*) FROM items WHERE id = 21", 0, NULL, NULL, NULL, NULL, on_pipe,
+        pg_txn_query(txn, "SELECT count(*) FROM items WHERE id = 21", 0, NULL, NULL, NULL, NULL, on_pipe,
                      (void *)(intptr_t)11);
-        pg_txn_end(ptxn, true, on_pipe, (void *)(intptr_t)12);
+        pg_txn_end(txn, true, on_pipe, (void *)(intptr_t)12);
         run_n(loop, 14, 5000);
         tap_check(pipe_status[10] == 0 && strcmp(pipe_value[11], "1") == 0 && pipe_status[12] == 0,
                   "INSERT, SELECT (sees it: %s) and COMMIT in order", pipe_value[11]);
@@ -625,16 +615,17 @@ int main(int argc, char **argv)
         tap_check(after_ok == 5, "the 5 pooled statements queued behind BEGIN ran after COMMIT (%d)", after_ok);
     }
     pipe_reset();
-    ptxn = NULL;
-    pg_txn_begin(ppool, NULL, on_pbegin, NULL);
+    txn = NULL;
+    txn_status = 1;
+    pg_txn_begin(ppool, NULL, on_begin, NULL);
     run_n(loop, 1, 5000);
-    if (ptxn != NULL) {
+    if (txn != NULL) {
         const char *v1[] = {"22", "pipelined rollback"};
-        pg_txn_query(ptxn, "INSERT INTO items (id, name) VALUES ($1, $2)", 2, v1, NULL, NULL, NULL, on_pipe,
+        pg_txn_query(txn, "INSERT INTO items (id, name) VALUES ($1, $2)", 2, v1, NULL, NULL, NULL, on_pipe,
                      (void *)(intptr_t)0);
-        pg_txn_query(ptxn, "SELECT 1 / 0", 0, NULL, NULL, NULL, NULL, on_pipe, (void *)(intptr_t)1);
-        pg_txn_query(ptxn, "SELECT 'in aborted txn'", 0, NULL, NULL, NULL, NULL, on_pipe, (void *)(intptr_t)2);
-        pg_txn_end(ptxn, false, on_pipe, (void *)(intptr_t)3);
+        pg_txn_query(txn, "SELECT 1 / 0", 0, NULL, NULL, NULL, NULL, on_pipe, (void *)(intptr_t)1);
+        pg_txn_query(txn, "SELECT 'in aborted txn'", 0, NULL, NULL, NULL, NULL, on_pipe, (void *)(intptr_t)2);
+        pg_txn_end(txn, false, on_pipe, (void *)(intptr_t)3);
         run_n(loop, 5, 5000);
         tap_check(pipe_status[0] == 0 && pipe_status[1] == PG_ERR_SERVER && strcmp(pipe_state[2], "25P02") == 0 &&
                       pipe_status[3] == 0,
