@@ -193,6 +193,10 @@ static int call_borrowed(grpc_channel_t *ch, const uint8_t *msg, size_t len, boo
 
 /* Encodes an ExportTraceServiceRequest with one span (span id from seed)
  * and, if pad > 0, a string attribute of pad bytes. */
+/* make_request's pad: 'x' repeated (a string), or, when set, pseudo-random
+ * bytes (bytes_value) that do not compress. */
+static bool g_pad_random;
+
 static uint8_t *make_request(uint8_t seed, size_t pad, size_t *len, char *span_b64, size_t b64cap)
 {
     uint8_t tid[16], sid[8];
@@ -216,8 +220,18 @@ static uint8_t *make_request(uint8_t seed, size_t pad, size_t *len, char *span_b
         padstr = malloc(pad + 1);
         memset(padstr, 'x', pad);
         padstr[pad] = 0;
-        av.value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_STRING_VALUE;
-        av.string_value = padstr;
+        if (g_pad_random) {
+            uint64_t x = 0x9e3779b97f4a7c15ull ^ seed;
+            for (size_t i = 0; i < pad; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                padstr[i] = (char)(x >> 32);
+            }
+            av.value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_BYTES_VALUE;
+            av.bytes_value = (ProtobufCBinaryData){pad, (uint8_t *)padstr};
+        } else {
+            av.value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_STRING_VALUE;
+            av.string_value = padstr;
+        }
         kv.key = padkey;
         kv.value = &av;
         span.n_attributes = 1;
@@ -431,6 +445,36 @@ int main(int argc, char **argv)
               "second gzip Export on the channel (%zu bytes) OK and recorded with span id %s: %s", len, b64,
               grpc_status_name(r.status));
     free(req);
+    /* From 64 KiB on the message is compressed at igzip level 1 (a Huffman
+     * table of its own), below at level 0; random bytes do not compress and
+     * go out as stored blocks. Each must decode at the receiver. */
+    grpc_channel_stats_t gz0, gz1;
+    req = make_request(8, 300000, &len, b64, sizeof b64);
+    grpc_channel_stats(ch, &gz0);
+    call(ch, req, len, true, 5000 * MS, &r);
+    grpc_channel_stats(ch, &gz1);
+    tap_check(r.status == GRPC_STATUS_OK && capture_contains(b64),
+              "gzip Export of %zu bytes (level 1) OK and recorded with span id %s: %s", len, b64,
+              grpc_status_name(r.status));
+    tap_check(gz1.bytes_sent - gz0.bytes_sent < len / 20, "... and it went out compressed: %llu bytes sent",
+              (unsigned long long)(gz1.bytes_sent - gz0.bytes_sent));
+    free(req);
+    g_pad_random = true;
+    for (size_t pad = 1000; pad <= 200000; pad *= 200) {
+        req = make_request((uint8_t)(9 + pad / 1000), pad, &len, b64, sizeof b64);
+        grpc_channel_stats(ch, &gz0);
+        call(ch, req, len, true, 5000 * MS, &r);
+        grpc_channel_stats(ch, &gz1);
+        unsigned long long sent = gz1.bytes_sent - gz0.bytes_sent;
+        tap_check(r.status == GRPC_STATUS_OK && capture_contains(b64),
+                  "gzip Export of %zu incompressible bytes OK and recorded with span id %s: %s", len, b64,
+                  grpc_status_name(r.status));
+        /* stored blocks: the message, 5 bytes a block, gzip's 18, HTTP/2's frames */
+        tap_check(sent >= len && sent < len + len / 100 + 600, "... sent as stored blocks: %llu bytes for %zu",
+                  sent, len);
+        free(req);
+    }
+    g_pad_random = false;
 
     req = make_request(3, 0, &len, b64, sizeof b64);
     /* 3. errors with codes and messages */

@@ -77,9 +77,13 @@ def show(msg):
     return text_format.MessageToString(msg, as_utf8=True)
 
 
-def test_every_otlp_field(procs):
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_every_otlp_field(procs, compression):
+    """Both ways the exporter encodes a request: plain, and gzip (ISA-L),
+    which grpcio inflates before the official classes parse it."""
     cap = procs.capture(procs.tmp / "capture.jsonl")
-    exp = procs.exporter(f"127.0.0.1:{cap.port}")
+    exp = procs.exporter(f"127.0.0.1:{cap.port}", OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=compression)
+    exp.wait_log(rf"effective: .* compression={compression} ", 10)
     writers = E.write_chain(procs)
     n = sum(len(w["spans"]) for w in writers)
     E.wait_for(f"{n} spans in the capture", lambda: len(E.accepted_names(cap.out)) >= n, 20)
