@@ -101,7 +101,7 @@ typedef enum {
     X(EXPORTER_PROTOCOL, "exporter", "protocol", CONFIG_T_ENUM, "grpc", 0, 0, "grpc",        \
       "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTLP transport; only grpc is implemented")      \
     X(EXPORTER_COMPRESSION, "exporter", "compression", CONFIG_T_ENUM, "none", 0, 0,          \
-      "none|gzip", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "request compression (gzip at level 1)")\
+      "none|gzip", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "request compression (gzip: ISA-L igzip)")\
     X(EXPORTER_TIMEOUT, "exporter", "timeout", CONFIG_T_INT, "10000", 1, 600000, NULL,       \
       "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "ms one Export call may take (grpc-timeout)")     \
     X(EXPORTER_HEADERS, "exporter", "headers", CONFIG_T_STR, "", 0, 255, NULL,               \
