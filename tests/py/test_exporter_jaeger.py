@@ -141,8 +141,11 @@ def check_process(proc, w):
     assert len(tags["service.instance.id"][1]) == 36  # a UUID
 
 
-def test_jaeger_cross_process_trace(jaeger, procs):
-    exp = procs.exporter(jaeger.otlp)
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_jaeger_cross_process_trace(jaeger, procs, compression):
+    """Plain, and gzip (ISA-L) inflated by Jaeger's grpc-go."""
+    exp = procs.exporter(jaeger.otlp, OTEL_EXPORTER_OTLP_COMPRESSION=compression)
+    exp.wait_log(rf"effective: .* compression={compression} ", 10)
     writers = E.write_chain(procs)
     spans = [s for w in writers for s in w["spans"]]
     trace_id = spans[0]["trace_id"]
