@@ -1030,12 +1030,12 @@ static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len, boo
         grpc_channel_t *ch = c->ch;
         if (len > UINT32_MAX - (1u << 20))
             return -EMSGSIZE;
-        if (!ch->zs) {
+        if (!ch->zs)
             ch->zs = malloc(sizeof *ch->zs);
+        if (!ch->zs_lvl1)
             ch->zs_lvl1 = malloc(ISAL_DEF_LVL1_SMALL);
-            if (!ch->zs || !ch->zs_lvl1)
-                return -ENOMEM;
-        }
+        if (!ch->zs || !ch->zs_lvl1)
+            return -ENOMEM;
         struct isal_zstream *zs = ch->zs;
         size_t bound = len + 5 * (len / 65535 + 1) + 18 + 64; /* stored blocks + gzip header/trailer */
         c->body = malloc(GRPC_FRAME_HDR + bound);
