@@ -112,6 +112,8 @@ typedef enum {
       NULL, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "most spans per Export call (<= max_queue_size)") \
     X(EXPORTER_QUEUE, "exporter", "max_queue_size", CONFIG_T_INT, "2048", 1, 65536, NULL,     \
       "OTEL_BSP_MAX_QUEUE_SIZE", "most spans taken from the ring and not yet released")      \
+    X(EXPORTER_CONCURRENT, "exporter", "max_concurrent_exports", CONFIG_T_INT, "4", 1, 64,   \
+      NULL, "", "most Export calls in flight at once (1: one at a time, as OTel's BSP)")      \
     X(EXPORTER_DELAY, "exporter", "schedule_delay", CONFIG_T_INT, "5000", 0, 3600000, NULL,   \
       "OTEL_BSP_SCHEDULE_DELAY", "ms between two exports when batches do not fill")          \
     X(EXPORTER_EXPORT_TIMEOUT, "exporter", "export_timeout", CONFIG_T_INT, "30000", 1,        \

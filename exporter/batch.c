@@ -3,31 +3,41 @@
  *
  * The queue is the ring itself: records are peeked (not copied) into q[],
  * at most max_queue_size of them peeked and not yet released (what
- * OTEL_BSP_MAX_QUEUE_SIZE bounds).  A batch is the first <= max_export_batch_size
+ * OTEL_BSP_MAX_QUEUE_SIZE bounds).  A batch is the next <= max_export_batch_size
  * of them; it is exported when the queue holds a full batch or when
- * schedule_delay passed since the previous export started.  One batch is in
- * flight at a time: ring_consumer_release frees records in peek order, so a
- * second concurrent batch could not be released before the first anyway.
- * The read position moves only when a batch is acknowledged or given up
- * (promise 3): exported, or dropped REJECTED / EXPIRED / CORRUPT / SHUTDOWN.
+ * schedule_delay passed since the previous export started.
  *
- * Peeking is just in time: only while no batch is in flight, and only up
- * to one batch (max_export_batch_size), so the records are encoded right
- * after the peek brought them into the cache.  Peeked earlier, behind the
- * batch in flight, they were encoded one or more Exports later, after the
- * exporter had slept through the receiver's answer, and the encoder read
- * them from memory a second time (benchmark VM, batch 512: ~20 ns per
- * span more in otlp_encode beside Jaeger).  Peeking ahead buys nothing
- * else: the ring holds the spans either way, and frees their room only on
- * release.  Only the shutdown drain fills the queue to max_queue_size.
+ * Up to max_concurrent_exports batches are in flight at once, each in a
+ * slot of its own (its encoder, attempt count, deadline, retry timer); the
+ * slots are a FIFO over q[]: the oldest covers q[0..n), the next the records
+ * after it.  ring_consumer_release frees records in peek order, so a batch
+ * that is done (acknowledged or given up) waits until every older one is
+ * done too, and then they are released together, oldest first.  The read
+ * position so moves only past batches that are acknowledged or given up
+ * (promise 3): exported, or dropped REJECTED / EXPIRED / CORRUPT / SHUTDOWN.
+ * With one slot this is OTel's Batch Span Processor, one Export at a time.
+ * Several pay for the fixed cost of an Export (a sleep until the answer and
+ * a wake-up of the receiver, ~25-35 us of CPU on the benchmark VM) less
+ * often and lift the cap of one batch per round trip (perf/RESULTS.md).
+ *
+ * Peeking is just in time: only when a slot is free, and only up to one
+ * batch (max_export_batch_size) beyond those in flight, so the records are
+ * encoded right after the peek brought them into the cache.  Peeked
+ * earlier, behind the batches in flight, they were encoded one or more
+ * Exports later, after the exporter had slept through the receiver's answer,
+ * and the encoder read them from memory a second time (benchmark VM, batch
+ * 512: ~20 ns per span more in otlp_encode beside Jaeger).  Peeking ahead
+ * buys nothing else: the ring holds the spans either way, and frees their
+ * room only on release.  Only the shutdown drain fills the queue to
+ * max_queue_size.
  *
  * Producers make no system call, so nothing wakes us when spans arrive: a
  * repeating poll timer peeks (every EXP_POLL_NS, backing off to
  * EXP_POLL_IDLE_MAX_NS while the ring stays empty), and a finished export
  * peeks at once.
- * The poll timer is stopped while a batch is in flight (or waits for a
- * retry): nothing is peeked or sent before the batch ends, and its end
- * peeks at once, so a poll then would only be a wake-up (each one costs the
+ * The poll timer is stopped while every slot is in flight (or waits for a
+ * retry): nothing is peeked or sent before one ends, and its end peeks at
+ * once, so a poll then would only be a wake-up (each one costs the
  * process several microseconds of CPU in a VM, as much as encoding tens of
  * spans; a receiver slower than us, as Jaeger is, saw one or two per
  * Export).  Each peek repeats until the queue holds a batch or the ring has
@@ -42,6 +52,21 @@
 #include "exporter.h"
 #include "grpc.h"
 
+typedef struct exp_slot {
+    exp_batcher_t *b;
+    otlp_encoder_t *enc;
+    bool done;
+    uint32_t n;
+    uint64_t bad;
+    const uint8_t *msg;
+    size_t msg_len;
+    unsigned attempt;
+    uint64_t deadline, attempt_start;
+    uint64_t exported;
+    ring_drop_reason_t reason;
+    loop_timer_t retry;
+} exp_slot_t;
+
 struct st_exp_batcher_t {
     loop_t *loop;
     ring_t *ring;
@@ -49,23 +74,17 @@ struct st_exp_batcher_t {
     retry_policy_t rp;
     exp_send_fn send;
     void *tctx;
-    otlp_encoder_t *enc;
     uint64_t (*now)(void);
     uint64_t rng;
     ring_record_t *q;       /* q[0..qlen): peeked, not released; qlen <= queue_max */
     uint32_t qlen;
-    /* the batch in flight: q[0..batch_n) */
-    bool busy;              /* a batch is being sent or waits for a retry */
-    uint32_t batch_n;
-    uint64_t batch_bad;     /* of them, not valid span records */
-    const uint8_t *msg;     /* encoded request (encoder buffer) */
-    size_t msg_len;
-    unsigned attempt;       /* 0 = first */
-    uint64_t batch_deadline, attempt_start;
+    exp_slot_t *slots;      /* k of them, a FIFO from s_head: Exports in flight */
+    unsigned k, s_head, s_count;
+    uint32_t inflight_n;    /* q[0..inflight_n): the slots' records, oldest first */
     uint64_t last_export;   /* start of the previous batch (schedule delay) */
     uint64_t last_reap;
     uint64_t poll_ns;       /* current poll interval (EXP_POLL_NS .. EXP_POLL_IDLE_MAX_NS) */
-    loop_timer_t poll, retry, kick, shut;
+    loop_timer_t poll, kick, shut;
     bool stopping;
     uint64_t shut_deadline;
     void (*shut_done)(void *);
@@ -75,7 +94,7 @@ struct st_exp_batcher_t {
 };
 
 static void exp__pump(exp_batcher_t *b);
-static void exp__attempt(exp_batcher_t *b);
+static void exp__attempt(exp_slot_t *sl);
 static void exp__on_kick(loop_t *loop, loop_timer_t *t, void *arg);
 static void exp__on_retry(loop_t *loop, loop_timer_t *t, void *arg);
 static void exp__on_poll(loop_t *loop, loop_timer_t *t, void *arg);
@@ -118,20 +137,29 @@ static void exp__release(exp_batcher_t *b, uint32_t n, uint64_t bad, uint64_t ex
     b->qlen -= n;
 }
 
-static void exp__finish(exp_batcher_t *b, uint64_t exported, ring_drop_reason_t reason)
+static void exp__finish(exp_slot_t *sl, uint64_t exported, ring_drop_reason_t reason)
 {
-    uint32_t n = b->batch_n;
-    exp__release(b, n, b->batch_bad, exported, reason);
-    b->busy = false;
-    b->batch_n = 0;
-    b->st.batches++;
-    b->st.batch_sum += n;
-    unsigned k = 0;
-    while (k < EXP_BATCH_BUCKETS && n > exp_batch_bounds[k])
-        k++;
-    b->st.batch_hist[k]++;
-    /* more work may be ready: continue from a timer, not from inside the
-     * transport's callback */
+    exp_batcher_t *b = sl->b;
+    sl->done = true;
+    sl->exported = exported;
+    sl->reason = reason;
+    /* release in peek order: the oldest slots that are done */
+    while (b->s_count && b->slots[b->s_head].done) {
+        exp_slot_t *h = &b->slots[b->s_head];
+        uint32_t n = h->n;
+        exp__release(b, n, h->bad, h->exported, h->reason);
+        b->inflight_n -= n;
+        h->done = false;
+        h->n = 0;
+        b->s_head = (b->s_head + 1) % b->k;
+        b->s_count--;
+        b->st.batches++;
+        b->st.batch_sum += n;
+        unsigned k = 0;
+        while (k < EXP_BATCH_BUCKETS && n > exp_batch_bounds[k])
+            k++;
+        b->st.batch_hist[k]++;
+    }
     loop_timer_start(b->loop, &b->kick, 0, 0, exp__on_kick, b);
 }
 
@@ -143,9 +171,10 @@ static void exp__on_kick(loop_t *loop, loop_timer_t *t, void *arg)
 
 static void exp__on_done(void *arg, const exp_result_t *res)
 {
-    exp_batcher_t *b = arg;
+    exp_slot_t *sl = arg;
+    exp_batcher_t *b = sl->b;
     uint64_t now = b->now();
-    double secs = (double)(now - b->attempt_start) / 1e9;
+    double secs = (double)(now - sl->attempt_start) / 1e9;
     unsigned k = 0;
     while (k < EXP_LATENCY_BUCKETS && secs > exp_latency_bounds[k])
         k++;
@@ -154,8 +183,8 @@ static void exp__on_done(void *arg, const exp_result_t *res)
     b->st.lat_count++;
     if (res->status != GRPC_STATUS_OK)
         b->st.export_failures++;
-    retry_verdict_t v = retry_decide(&b->rp, res, b->attempt, now, b->batch_deadline, exp__rand(b));
-    uint64_t good = b->batch_n - b->batch_bad;
+    retry_verdict_t v = retry_decide(&b->rp, res, sl->attempt, now, sl->deadline, exp__rand(b));
+    uint64_t good = sl->n - sl->bad;
     switch (v.action) {
     case RETRY_DONE: {
         uint64_t rej = res->rejected < good ? res->rejected : good;
@@ -164,19 +193,19 @@ static void exp__on_done(void *arg, const exp_result_t *res)
                     (unsigned long long)res->rejected, (unsigned long long)good,
                     res->partial_msg ? res->partial_msg : "");
         b->st.partial_rejected += rej;
-        exp__finish(b, good - rej, RING_DROP_REJECTED);
+        exp__finish(sl, good - rej, RING_DROP_REJECTED);
         return;
     }
     case RETRY_AGAIN:
-        b->attempt++;
+        sl->attempt++;
         b->st.retries++;
-        loop_timer_start(b->loop, &b->retry, v.delay_ns, 0, exp__on_retry, b);
+        loop_timer_start(b->loop, &sl->retry, v.delay_ns, 0, exp__on_retry, sl);
         return;
     case RETRY_GIVE_UP:
         fprintf(stderr, "shop-exporter: giving up a batch of %llu spans (%s) after %u attempt(s): %s %s\n",
-                (unsigned long long)good, ring_drop_reason_name(v.reason), b->attempt + 1,
+                (unsigned long long)good, ring_drop_reason_name(v.reason), sl->attempt + 1,
                 retry_status_name(res->status), res->message ? res->message : "");
-        exp__finish(b, 0, v.reason);
+        exp__finish(sl, 0, v.reason);
         return;
     }
     fprintf(stderr, "shop-exporter: unknown retry action %d\n", (int)v.action);
@@ -189,19 +218,20 @@ static void exp__on_retry(loop_t *loop, loop_timer_t *t, void *arg)
     exp__attempt(arg);
 }
 
-static void exp__attempt(exp_batcher_t *b)
+static void exp__attempt(exp_slot_t *sl)
 {
+    exp_batcher_t *b = sl->b;
     uint64_t now = b->now();
-    b->attempt_start = now;
-    uint64_t left = b->batch_deadline > now ? b->batch_deadline - now : 1;
+    sl->attempt_start = now;
+    uint64_t left = sl->deadline > now ? sl->deadline - now : 1;
     uint64_t to = b->s.timeout_ns < left ? b->s.timeout_ns : left;
     b->st.exports++;
-    int rc = b->send(b->tctx, b->msg, b->msg_len, to, exp__on_done, b);
+    int rc = b->send(b->tctx, sl->msg, sl->msg_len, to, exp__on_done, sl);
     if (rc < 0) {
         /* could not even start: the same as an unreachable receiver */
         exp_result_t r = {.status = GRPC_STATUS_UNAVAILABLE, .message = strerror(-rc),
                           .retry_delay_ns = -1, .partial_msg = ""};
-        exp__on_done(b, &r);
+        exp__on_done(sl, &r);
     }
 }
 
@@ -220,9 +250,9 @@ static void exp__finish_shutdown(exp_batcher_t *b)
 
 static void exp__pump_once(exp_batcher_t *b);
 
-/* Runs the processor, then stops the poll timer if polling is useless (a
- * batch in flight: nothing is peeked meanwhile, and the finished export
- * peeks at once) or starts it again.  A poll every 2 ms while a slow
+/* Runs the processor, then stops the poll timer if polling is useless
+ * (every slot in flight, or the queue full: nothing can be peeked
+ * meanwhile, and a finished export peeks at once) or starts it again.  A poll every 2 ms while a slow
  * receiver (Jaeger: ~1-3 ms per Export) answers costs a wake-up per tick,
  * each ~7-15 us of CPU on a VM. */
 static void exp__pump(exp_batcher_t *b)
@@ -230,14 +260,14 @@ static void exp__pump(exp_batcher_t *b)
     exp__pump_once(b);
     if (b->shut_called || b->stopping)
         return;
-    if (b->busy) {
+    if (b->s_count == b->k || b->qlen >= b->s.queue_max) {
         loop_timer_stop(b->loop, &b->poll);
         b->poll_ns = EXP_POLL_NS;
         return;
     }
     /* Not busy: the queue holds what the ring had; empty = a quiet ring. */
     uint64_t want = EXP_POLL_NS;
-    if (b->qlen == 0)
+    if (b->qlen == b->inflight_n)
         want = b->poll_ns * 2 < EXP_POLL_IDLE_MAX_NS ? b->poll_ns * 2 : EXP_POLL_IDLE_MAX_NS;
     if (want != b->poll_ns || !loop_timer_active(&b->poll)) {
         b->poll_ns = want;
@@ -250,51 +280,61 @@ static void exp__pump_once(exp_batcher_t *b)
     if (b->shut_called)
         return;
     uint64_t now = b->now();
-    /* Just in time (see the top): nothing while a batch is in flight, then
-     * up to one batch, encoded below while its records are in the cache. */
-    if (!b->stopping) {
-        while (!b->busy && b->qlen < b->s.batch_max) {
-            int n = ring_consumer_peek(b->ring, b->q + b->qlen, (int)(b->s.batch_max - b->qlen));
-            if (n <= 0)
-                break;
-            b->qlen += (uint32_t)n;
-        }
-        if (now - b->last_reap >= 1000000000ull) {
-            b->last_reap = now;
-            ring_consumer_reap(b->ring);
-        }
-    } else if (!b->busy && (b->qlen == 0 || now >= b->shut_deadline)) {
+    if (b->stopping && b->s_count == 0 && (b->qlen == 0 || now >= b->shut_deadline)) {
         exp__finish_shutdown(b);
         return;
     }
-    b->st.queue_len = b->qlen;
-    if (b->busy || b->qlen == 0)
-        return;
-    if (b->qlen < b->s.batch_max && !b->stopping && now - b->last_export < b->s.delay_ns)
-        return;
-    uint32_t n = b->qlen < b->s.batch_max ? b->qlen : b->s.batch_max;
-    uint64_t bad = 0;
-    long len = otlp_encode(b->enc, b->q, n, exp__meta, b->ring, &b->msg, &bad);
-    b->last_export = now;
-    b->busy = true;
-    b->batch_n = n;
-    b->batch_bad = bad;
-    if (len < 0) {
-        fprintf(stderr, "shop-exporter: encoding a batch of %u spans: out of memory\n", n);
-        exp__finish(b, 0, RING_DROP_EXPIRED);
-        return;
+    for (;;) {
+        if (b->s_count == b->k || (b->stopping && now >= b->shut_deadline))
+            break;
+        if (!b->stopping) {
+            while (b->qlen - b->inflight_n < b->s.batch_max && b->qlen < b->s.queue_max) {
+                uint32_t room = b->inflight_n + b->s.batch_max - b->qlen;
+                if (room > b->s.queue_max - b->qlen)
+                    room = b->s.queue_max - b->qlen;
+                int n = ring_consumer_peek(b->ring, b->q + b->qlen, (int)room);
+                if (n <= 0)
+                    break;
+                b->qlen += (uint32_t)n;
+            }
+            if (now - b->last_reap >= 1000000000ull) {
+                b->last_reap = now;
+                ring_consumer_reap(b->ring);
+            }
+        }
+        b->st.queue_len = b->qlen;
+        uint32_t avail = b->qlen - b->inflight_n;
+        if (avail == 0)
+            break;
+        if (avail < b->s.batch_max && !b->stopping && now - b->last_export < b->s.delay_ns)
+            break;
+        uint32_t n = avail < b->s.batch_max ? avail : b->s.batch_max;
+        exp_slot_t *sl = &b->slots[(b->s_head + b->s_count) % b->k];
+        b->s_count++;
+        uint64_t bad = 0;
+        long len = otlp_encode(sl->enc, b->q + b->inflight_n, n, exp__meta, b->ring, &sl->msg, &bad);
+        b->inflight_n += n;
+        b->last_export = now;
+        sl->n = n;
+        sl->bad = bad;
+        sl->done = false;
+        if (len < 0) {
+            fprintf(stderr, "shop-exporter: encoding a batch of %u spans: out of memory\n", n);
+            exp__finish(sl, 0, RING_DROP_EXPIRED);
+            continue;
+        }
+        if (bad == n) {
+            exp__finish(sl, 0, RING_DROP_REJECTED);
+            continue;
+        }
+        sl->msg_len = (size_t)len;
+        sl->attempt = 0;
+        sl->deadline = now + b->s.export_timeout_ns;
+        if (b->stopping && b->shut_deadline < sl->deadline)
+            sl->deadline = b->shut_deadline;
+        ring_consumer_inflight(b->ring, n - bad);
+        exp__attempt(sl);
     }
-    if (bad == n) { /* nothing to send */
-        exp__finish(b, 0, RING_DROP_REJECTED);
-        return;
-    }
-    b->msg_len = (size_t)len;
-    b->attempt = 0;
-    b->batch_deadline = now + b->s.export_timeout_ns;
-    if (b->stopping && b->shut_deadline < b->batch_deadline)
-        b->batch_deadline = b->shut_deadline;
-    ring_consumer_inflight(b->ring, n - bad);
-    exp__attempt(b);
 }
 
 static void exp__on_poll(loop_t *loop, loop_timer_t *t, void *arg)
@@ -311,11 +351,14 @@ static void exp__on_shut(loop_t *loop, loop_timer_t *t, void *arg)
     exp_batcher_t *b = arg;
     /* In flight: its attempt timeout ends by the deadline too, and its
      * callback finishes the shutdown.  A retry wait is cut short. */
-    if (b->busy && loop_timer_active(&b->retry)) {
-        loop_timer_stop(b->loop, &b->retry);
-        exp__finish(b, 0, RING_DROP_SHUTDOWN);
+    for (unsigned i = 0; i < b->k; i++) {
+        exp_slot_t *sl = &b->slots[i];
+        if (sl->n && !sl->done && loop_timer_active(&sl->retry)) {
+            loop_timer_stop(b->loop, &sl->retry);
+            exp__finish(sl, 0, RING_DROP_SHUTDOWN);
+        }
     }
-    if (!b->busy)
+    if (b->s_count == 0)
         exp__finish_shutdown(b);
 }
 
@@ -341,11 +384,20 @@ int exp_batcher_new(loop_t *loop, ring_t *ring, const exp_settings_t *s, const r
     b->now = exp__now_default;
     b->rng = (loop_now_ns() ^ ((uint64_t)getpid() << 32)) | 1;
     b->q = calloc(s->queue_max, sizeof *b->q);
-    b->enc = otlp_encoder_new();
-    if (!b->q || !b->enc)
+    b->k = s->concurrent_max ? s->concurrent_max : 1;
+    b->slots = calloc(b->k, sizeof *b->slots);
+    if (!b->slots)
+        goto err;
+    for (unsigned i = 0; i < b->k; i++) {
+        b->slots[i].b = b;
+        b->slots[i].enc = otlp_encoder_new();
+        if (!b->slots[i].enc)
+            goto err;
+        loop_timer_init(&b->slots[i].retry);
+    }
+    if (!b->q)
         goto err;
     loop_timer_init(&b->poll);
-    loop_timer_init(&b->retry);
     loop_timer_init(&b->kick);
     loop_timer_init(&b->shut);
     b->last_export = b->now();
@@ -357,7 +409,9 @@ int exp_batcher_new(loop_t *loop, ring_t *ring, const exp_settings_t *s, const r
     *out = b;
     return 0;
 err:
-    otlp_encoder_free(b->enc);
+    for (unsigned i = 0; b->slots && i < b->k; i++)
+        otlp_encoder_free(b->slots[i].enc);
+    free(b->slots);
     free(b->q);
     free(b);
     return -ENOMEM;
@@ -368,10 +422,13 @@ void exp_batcher_free(exp_batcher_t *b)
     if (!b)
         return;
     loop_timer_stop(b->loop, &b->poll);
-    loop_timer_stop(b->loop, &b->retry);
     loop_timer_stop(b->loop, &b->kick);
     loop_timer_stop(b->loop, &b->shut);
-    otlp_encoder_free(b->enc);
+    for (unsigned i = 0; i < b->k; i++) {
+        loop_timer_stop(b->loop, &b->slots[i].retry);
+        otlp_encoder_free(b->slots[i].enc);
+    }
+    free(b->slots);
     free(b->q);
     free(b);
 }

@@ -62,6 +62,7 @@ typedef struct st_exp_settings_t {
     uint64_t timeout_ns;        /* one Export call */
     uint32_t batch_max;         /* OTEL_BSP_MAX_EXPORT_BATCH_SIZE */
     uint32_t queue_max;         /* OTEL_BSP_MAX_QUEUE_SIZE, >= batch_max */
+    uint32_t concurrent_max;    /* most Export calls in flight (max_concurrent_exports) */
     uint64_t delay_ns;          /* OTEL_BSP_SCHEDULE_DELAY */
     uint64_t export_timeout_ns; /* OTEL_BSP_EXPORT_TIMEOUT: a batch's whole budget */
     char metrics_addr[64];

@@ -214,6 +214,7 @@ int exp_settings_load(const config_t *c, exp_settings_t *s, char *err, size_t er
                  !strncmp(oq, "environment ", 12) ? "" : oq, s->queue_max);
         return -EINVAL;
     }
+    s->concurrent_max = (uint32_t)config_int(c, CONFIG_EXPORTER_CONCURRENT);
     s->delay_ns = (uint64_t)config_int(c, CONFIG_EXPORTER_DELAY) * 1000000ull;
     s->export_timeout_ns = (uint64_t)config_int(c, CONFIG_EXPORTER_EXPORT_TIMEOUT) * 1000000ull;
     snprintf(s->metrics_addr, sizeof s->metrics_addr, "%s", config_str(c, CONFIG_EXPORTER_METRICS_ADDRESS));
@@ -232,10 +233,10 @@ int exp_settings_describe(const exp_settings_t *s, char *out, size_t cap)
 {
     return snprintf(out, cap,
                     "endpoint=%s://%s (%s:%u) compression=%s timeout=%llums headers=%zu "
-                    "max_export_batch_size=%u max_queue_size=%u schedule_delay=%llums export_timeout=%llums "
+                    "max_export_batch_size=%u max_queue_size=%u max_concurrent_exports=%u schedule_delay=%llums export_timeout=%llums "
                     "metrics=%s:%u ring_attach=%s",
                     s->tls ? "https" : "http", s->authority, s->host, s->port, s->gzip ? "gzip" : "none",
-                    (unsigned long long)(s->timeout_ns / 1000000), s->n_headers, s->batch_max, s->queue_max,
+                    (unsigned long long)(s->timeout_ns / 1000000), s->n_headers, s->batch_max, s->queue_max, s->concurrent_max,
                     (unsigned long long)(s->delay_ns / 1000000),
                     (unsigned long long)(s->export_timeout_ns / 1000000), s->metrics_addr, s->metrics_port,
                     s->ring_create ? "create" : "wait");

@@ -209,7 +209,8 @@ static void span_event(wspan_t *w, const char *name, const trace_attr_t *a, size
     e->time_ns = t;
     e->n = n < LIM_EVENT_ATTRS ? n : LIM_EVENT_ATTRS;
     e->dropped = n - e->n;
-    memcpy(e->attrs, a, e->n * sizeof *a);
+    if (e->n) /* an event without attributes passes a NULL array */
+        memcpy(e->attrs, a, e->n * sizeof *a);
 }
 
 static void span_link(wspan_t *w, const trace_context_t *ctx, const trace_attr_t *a, size_t n)
@@ -223,7 +224,8 @@ static void span_link(wspan_t *w, const trace_context_t *ctx, const trace_attr_t
     l->ctx = *ctx;
     l->n = n < LIM_LINK_ATTRS ? n : LIM_LINK_ATTRS;
     l->dropped = n - l->n;
-    memcpy(l->attrs, a, l->n * sizeof *a);
+    if (l->n)
+        memcpy(l->attrs, a, l->n * sizeof *a);
 }
 
 static void span_status(wspan_t *w, trace_status_t code, const char *msg)

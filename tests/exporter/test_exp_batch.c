@@ -7,6 +7,7 @@
  * retries, give-ups (REJECTED, EXPIRED), partial success, shutdown; the
  * ring's accounting balances after each scenario.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,60 @@ static int fake_send(void *tctx, const uint8_t *msg, size_t len, uint64_t timeou
     return 0;
 }
 
+/* A transport that keeps every call pending until the test answers it:
+ * several Exports in flight (max_concurrent_exports), answered in any order. */
+typedef struct {
+    size_t n;
+    exp_done_cb done[64];
+    void *arg[64];
+    size_t spans[64];
+    int64_t first_i[64]; /* the "i" attribute of the call's first span */
+    bool answered[64];
+    size_t pending, max_pending;
+    exp_batcher_t *b;
+    uint64_t max_queue_seen;
+} multi_t;
+
+static int multi_send(void *tctx, const uint8_t *msg, size_t len, uint64_t timeout_ns, exp_done_cb done, void *arg)
+{
+    (void)timeout_ns;
+    multi_t *m = tctx;
+    if (m->n >= 64)
+        return -ENOSPC;
+    Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *req =
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, len, msg);
+    size_t n = 0;
+    int64_t first = -1;
+    for (size_t i = 0; req && i < req->n_resource_spans; i++)
+        for (size_t j = 0; j < req->resource_spans[i]->n_scope_spans; j++) {
+            Opentelemetry__Proto__Trace__V1__ScopeSpans *ss = req->resource_spans[i]->scope_spans[j];
+            if (first < 0 && ss->n_spans && ss->spans[0]->n_attributes)
+                first = ss->spans[0]->attributes[0]->value->int_value;
+            n += ss->n_spans;
+        }
+    if (req)
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(req, NULL);
+    m->done[m->n] = done;
+    m->arg[m->n] = arg;
+    m->spans[m->n] = n;
+    m->first_i[m->n] = first;
+    m->n++;
+    if (++m->pending > m->max_pending)
+        m->max_pending = m->pending;
+    exp_stats_t st;
+    exp_batcher_stats(m->b, &st);
+    if (st.queue_len > m->max_queue_seen)
+        m->max_queue_seen = st.queue_len;
+    return 0;
+}
+
+static void multi_answer(multi_t *m, size_t k, const exp_result_t *r)
+{
+    m->answered[k] = true;
+    m->pending--;
+    m->done[k](m->arg[k], r);
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static ring_t *ring;
@@ -102,6 +157,7 @@ static int write_spans(int n)
 }
 
 static void stop_loop(void *arg) { loop_stop(arg); }
+static void set_flag(void *arg) { *(bool *)arg = true; }
 
 static bool stopped;
 static void on_stop(loop_t *loop, loop_timer_t *t, void *arg)
@@ -150,6 +206,15 @@ static void run_until_peeked(loop_t *loop, exp_batcher_t *b, uint64_t want, int 
         if (seen >= want)
             break;
     }
+    loop_timer_stop(loop, &t);
+}
+
+static void run_for(loop_t *loop, int ms)
+{
+    loop_timer_t t;
+    loop_timer_init(&t);
+    loop_timer_start(loop, &t, (uint64_t)ms * 1000000ull, 0, on_stop, NULL);
+    loop_run(loop);
     loop_timer_stop(loop, &t);
 }
 
@@ -404,6 +469,92 @@ int main(void)
     tap_check(f10.calls == 11 && f10.call_time[10] - t10b < 16000000ull + 200000000ull,
               "a burst of 5000 after another quiet spell: 10 exports, the last %llu ms after the write",
               (unsigned long long)(f10.calls == 11 ? (f10.call_time[10] - t10b) / 1000000u : 0));
+    exp_batcher_free(b);
+
+
+    /* 11. several Exports in flight (max_concurrent_exports 3, batch 10,
+     * queue 30): three go out at once; answered out of order, nothing is
+     * released before every earlier batch is done (the ring releases in
+     * peek order, and promise 3 holds); a retry in the oldest one holds
+     * back the two later ones it finished before. */
+    exp_result_t ok = {.status = 0, .message = "", .retry_delay_ns = -1, .partial_msg = ""};
+    multi_t m11 = {0};
+    s = base();
+    s.batch_max = 10;
+    s.queue_max = 30;
+    s.concurrent_max = 3;
+    s.delay_ns = 0;
+    tap_check(exp_batcher_new(loop, ring, &s, &rp, multi_send, &m11, &b) == 0, "batcher with 3 Exports in flight");
+    m11.b = b;
+    ring_stats(ring, &rs);
+    uint64_t exp11 = rs.exported;
+    write_spans(40);
+    run_for(loop, 50);
+    tap_check(m11.n == 3 && m11.pending == 3 && m11.spans[0] == 10 && m11.spans[1] == 10 && m11.spans[2] == 10,
+              "40 spans, batch 10, 3 in flight: 3 calls of 10 at once (%zu calls, %zu pending)", m11.n, m11.pending);
+    tap_check(m11.max_queue_seen <= 30, "peeked and not released stays <= max_queue_size 30 (most %llu)",
+              (unsigned long long)m11.max_queue_seen);
+    tap_check(m11.first_i[0] == 0 && m11.first_i[1] == 10 && m11.first_i[2] == 20,
+              "the calls carry the spans in ring order (first i: %lld, %lld, %lld)", (long long)m11.first_i[0],
+              (long long)m11.first_i[1], (long long)m11.first_i[2]);
+    multi_answer(&m11, 2, &ok);
+    multi_answer(&m11, 1, &ok);
+    run_for(loop, 20);
+    ring_stats(ring, &rs);
+    tap_check(rs.exported == exp11 && m11.n == 3,
+              "the 2nd and 3rd answered first: nothing released, no 4th call (%llu released, %zu calls)",
+              (unsigned long long)(rs.exported - exp11), m11.n);
+    exp_result_t unav11 = {.status = GRPC_STATUS_UNAVAILABLE, .message = "down", .retry_delay_ns = -1,
+                           .partial_msg = ""};
+    multi_answer(&m11, 0, &unav11);
+    run_for(loop, 150); /* the backoff: 20 ms +- jitter */
+    ring_stats(ring, &rs);
+    tap_check(m11.n == 4 && m11.spans[3] == 10 && m11.first_i[3] == 0 && rs.exported == exp11,
+              "the 1st failed: retried as call 4 (first i %lld), still nothing released (%llu)",
+              (long long)(m11.n > 3 ? m11.first_i[3] : -1), (unsigned long long)(rs.exported - exp11));
+    multi_answer(&m11, 3, &ok);
+    run_for(loop, 50);
+    ring_stats(ring, &rs);
+    tap_check(rs.exported - exp11 == 30 && m11.n == 5 && m11.spans[4] == 10 && m11.first_i[4] == 30,
+              "the retry answered: all three batches released together (%llu), the last 10 go out (call %zu)",
+              (unsigned long long)(rs.exported - exp11), m11.n);
+    multi_answer(&m11, 4, &ok);
+    run_for(loop, 20);
+    exp_batcher_stats(b, &st);
+    ring_stats(ring, &rs);
+    tap_check(rs.exported - exp11 == 40 && st.spans_exported == 40 && st.batches == 4 && st.retries == 1 &&
+                  rs.in_ring == 0 && balanced(),
+              "40 exported in 4 batches, 1 retry, ring empty and balanced");
+
+    /* 12. the queue bounds the Exports in flight: 3 allowed, batch 10,
+     * queue 20: two at most; shutdown with both in flight waits for them. */
+    exp_batcher_free(b);
+    multi_t m12 = {0};
+    s.queue_max = 20;
+    exp_batcher_new(loop, ring, &s, &rp, multi_send, &m12, &b);
+    m12.b = b;
+    ring_stats(ring, &rs);
+    uint64_t exp12 = rs.exported;
+    write_spans(50);
+    run_for(loop, 50);
+    tap_check(m12.n == 2 && m12.pending == 2 && m12.max_queue_seen <= 20,
+              "queue 20 / batch 10: 2 in flight of the 3 allowed (%zu calls, most peeked %llu)", m12.n,
+              (unsigned long long)m12.max_queue_seen);
+    bool shut12 = false;
+    exp_batcher_shutdown(b, set_flag, &shut12);
+    run_for(loop, 20);
+    tap_check(m12.n == 2 && !shut12, "shutdown: no new call while both in flight hold the queue, not done (%zu calls)",
+              m12.n);
+    multi_answer(&m12, 1, &ok);
+    multi_answer(&m12, 0, &ok);
+    run_for(loop, 50);
+    exp_batcher_stats(b, &st);
+    ring_stats(ring, &rs);
+    tap_check(shut12 && m12.n == 2 && st.spans_exported == 20 && rs.exported - exp12 == 20 && rs.in_ring == 30 &&
+                  balanced(),
+              "shutdown done once both answered: 20 exported, the 30 never peeked left in the ring for the next "
+              "exporter (%llu exported, %llu in ring), balanced", (unsigned long long)st.spans_exported,
+              (unsigned long long)rs.in_ring);
     exp_batcher_free(b);
 
     ring_producer_release(prod);
