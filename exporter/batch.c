@@ -252,9 +252,9 @@ static void exp__pump_once(exp_batcher_t *b);
 
 /* Runs the processor, then stops the poll timer if polling is useless
  * (every slot in flight, or the queue full: nothing can be peeked
- * meanwhile, and a finished export peeks at once) or starts it again.  A poll every 2 ms while a slow
- * receiver (Jaeger: ~1-3 ms per Export) answers costs a wake-up per tick,
- * each ~7-15 us of CPU on a VM. */
+ * meanwhile, and a finished export peeks at once) or starts it again.  A
+ * poll every 2 ms while a slow receiver (Jaeger: ~1-3 ms per Export)
+ * answers costs a wake-up per tick, each ~7-15 us of CPU on a VM. */
 static void exp__pump(exp_batcher_t *b)
 {
     exp__pump_once(b);
