@@ -344,8 +344,9 @@ struct st_grpc_channel_t {
     loop_timer_t deliver_timer;
     bool delivering, free_pending;
     grpc_channel_stats_t st;
-    /* gzip (ISA-L igzip): one stream state and one level-1 buffer per
-     * channel, allocated at the first compressed message, not per call. */
+    /* gzip (ISA-L igzip): one stream state per channel, allocated at the
+     * first compressed message, and one level-1 buffer, at the first
+     * message large enough for level 1; not per call. */
     struct isal_zstream *zs;
     uint8_t *zs_lvl1;
 };
@@ -1030,11 +1031,12 @@ static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len, boo
         grpc_channel_t *ch = c->ch;
         if (len > UINT32_MAX - (1u << 20))
             return -EMSGSIZE;
+        bool lvl1 = len >= GRPC__GZIP_LVL1_MIN;
         if (!ch->zs)
             ch->zs = malloc(sizeof *ch->zs);
-        if (!ch->zs_lvl1)
+        if (lvl1 && !ch->zs_lvl1)
             ch->zs_lvl1 = malloc(ISAL_DEF_LVL1_SMALL);
-        if (!ch->zs || !ch->zs_lvl1)
+        if (!ch->zs || (lvl1 && !ch->zs_lvl1))
             return -ENOMEM;
         struct isal_zstream *zs = ch->zs;
         size_t bound = len + 5 * (len / 65535 + 1) + 18 + 64; /* stored blocks + gzip header/trailer */
@@ -1045,7 +1047,7 @@ static int grpc__frame_body(grpc__call_t *c, const uint8_t *msg, size_t len, boo
         zs->gzip_flag = IGZIP_GZIP;
         zs->flush = NO_FLUSH;
         zs->end_of_stream = 1;
-        if (len >= GRPC__GZIP_LVL1_MIN) {
+        if (lvl1) {
             zs->level = 1;
             zs->level_buf = ch->zs_lvl1;
             zs->level_buf_size = ISAL_DEF_LVL1_SMALL;

@@ -48,18 +48,33 @@ static void fake_fire(loop_t *loop, loop_timer_t *t, void *arg)
     f->done(f->arg, r);
 }
 
+/* Spans in an encoded ExportTraceServiceRequest, and the "i" attribute of
+ * the first one (-1 without). */
+static size_t request_spans(const uint8_t *msg, size_t len, int64_t *first_i)
+{
+    Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *req =
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, len, msg);
+    size_t n = 0;
+    int64_t first = -1;
+    for (size_t i = 0; req && i < req->n_resource_spans; i++)
+        for (size_t j = 0; j < req->resource_spans[i]->n_scope_spans; j++) {
+            Opentelemetry__Proto__Trace__V1__ScopeSpans *ss = req->resource_spans[i]->scope_spans[j];
+            if (first < 0 && ss->n_spans && ss->spans[0]->n_attributes)
+                first = ss->spans[0]->attributes[0]->value->int_value;
+            n += ss->n_spans;
+        }
+    if (req)
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(req, NULL);
+    if (first_i)
+        *first_i = first;
+    return n;
+}
+
 static int fake_send(void *tctx, const uint8_t *msg, size_t len, uint64_t timeout_ns, exp_done_cb done, void *arg)
 {
     (void)timeout_ns;
     fake_t *f = tctx;
-    Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *req =
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, len, msg);
-    size_t n = 0;
-    for (size_t i = 0; req && i < req->n_resource_spans; i++)
-        for (size_t j = 0; j < req->resource_spans[i]->n_scope_spans; j++)
-            n += req->resource_spans[i]->scope_spans[j]->n_spans;
-    if (req)
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(req, NULL);
+    size_t n = request_spans(msg, len, NULL);
     if (f->calls < 64)
         f->call_time[f->calls] = loop_now_ns();
     f->calls++;
@@ -85,8 +100,7 @@ typedef struct {
     void *arg[64];
     size_t spans[64];
     int64_t first_i[64]; /* the "i" attribute of the call's first span */
-    bool answered[64];
-    size_t pending, max_pending;
+    size_t pending;
     exp_batcher_t *b;
     uint64_t max_queue_seen;
 } multi_t;
@@ -97,26 +111,11 @@ static int multi_send(void *tctx, const uint8_t *msg, size_t len, uint64_t timeo
     multi_t *m = tctx;
     if (m->n >= 64)
         return -ENOSPC;
-    Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest *req =
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(NULL, len, msg);
-    size_t n = 0;
-    int64_t first = -1;
-    for (size_t i = 0; req && i < req->n_resource_spans; i++)
-        for (size_t j = 0; j < req->resource_spans[i]->n_scope_spans; j++) {
-            Opentelemetry__Proto__Trace__V1__ScopeSpans *ss = req->resource_spans[i]->scope_spans[j];
-            if (first < 0 && ss->n_spans && ss->spans[0]->n_attributes)
-                first = ss->spans[0]->attributes[0]->value->int_value;
-            n += ss->n_spans;
-        }
-    if (req)
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__free_unpacked(req, NULL);
     m->done[m->n] = done;
     m->arg[m->n] = arg;
-    m->spans[m->n] = n;
-    m->first_i[m->n] = first;
+    m->spans[m->n] = request_spans(msg, len, &m->first_i[m->n]);
     m->n++;
-    if (++m->pending > m->max_pending)
-        m->max_pending = m->pending;
+    m->pending++;
     exp_stats_t st;
     exp_batcher_stats(m->b, &st);
     if (st.queue_len > m->max_queue_seen)
@@ -126,7 +125,6 @@ static int multi_send(void *tctx, const uint8_t *msg, size_t len, uint64_t timeo
 
 static void multi_answer(multi_t *m, size_t k, const exp_result_t *r)
 {
-    m->answered[k] = true;
     m->pending--;
     m->done[k](m->arg[k], r);
 }
