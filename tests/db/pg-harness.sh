@@ -15,15 +15,19 @@
 set -eu
 cmd=${1:?usage: pg-harness.sh start|stop|restart DIR}
 dir=${2:?usage: pg-harness.sh start|stop|restart DIR}
+case "$dir" in /*) ;; *) dir=$PWD/$dir ;; esac # absolute: as_pg runs from /
 
 if [ -z "${PG_BIN:-}" ]; then
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
     [ -n "$PG_BIN" ] || PG_BIN=$(pg_config --bindir)
 fi
 
+# From /, not from the caller's directory: the postgres user may not be
+# allowed into it (a checkout under a 0700 directory), and initdb and pg_ctl
+# fail when they cannot change back to where they were started.
 as_pg() {
     if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
