@@ -176,7 +176,12 @@ static void on_kill(pg_pool_t *p, int st, const PGresult *r, const char *msg, vo
     (void)p;
     (void)msg;
     (void)arg;
-    killed = st == 0 && PQntuples(r) == 1 ? atoi(PQgetvalue(r, 0, 0)) : -1;
+    killed = st == 0 && PQntuples(r) == 1 ? atoi(PQgetvalue(r, 0, 0)) : -2;
+}
+static bool kill_answered(void *arg)
+{
+    (void)arg;
+    return killed != -1;
 }
 static void do_kill(loop_t *loop, loop_timer_t *t, void *arg)
 {
@@ -528,6 +533,9 @@ int main(int argc, char **argv)
     loop_timer_init(&kt);
     loop_timer_start(loop, &kt, 300u * 1000000u, 0, do_kill, NULL);
     run_n(loop, 6, 10000);
+    /* The killed session's statements can fail before the other pool has
+     * read pg_terminate_backend's answer (seen under ASan): wait for it. */
+    dbt_run_until(loop, kill_answered, NULL, 5000);
     tap_check(killed == 1, "pg_terminate_backend of the pipelined session from the other pool (%d)", killed);
     tap_check(n_conn == 6, "all 6 in flight failed with PG_ERR_CONNECTION: %d (ok %d)", n_conn, n_ok);
     bool back = dbt_run_until(loop, ppool_ready, NULL, 10000);
